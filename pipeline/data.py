@@ -1,0 +1,368 @@
+"""Datasets as uint8 images + labels, with the constants and fingerprints provenance needs.
+
+Every dataset is an `ImageSet`: uint8 CHW images, int64 labels, class names, the
+normalisation constants its recipe uses, and a `fingerprint` that identifies exactly which
+pixels and labels it holds (a logit store records it, a student checks it). Augmentation is
+not here: `pipeline.views` turns an image plus replayable parameters into a view, and
+`to_model_input` normalises a uint8 batch on the device the model runs on.
+
+Names: `cifar100`, `cifar10` (torchvision), `fashion-mnist` (Debian's copy, a given root or
+torchvision), `imagefolder` (any ImageFolder tree, decoded lazily), `synthetic` (tiny and
+deterministic, for tests). Options ride in the name as `name:key=value,...`, e.g.
+`synthetic:classes=4,train=64` or `imagefolder:resize=64`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_ROOT_ENV = "RLD_DATA_ROOT"
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+SPLITS = ("train", "test")
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or malformed; the message says where and what was expected."""
+
+
+@dataclass
+class ImageSet:
+    """Images and labels of one split, as the teacher and student both see them.
+
+    `images` is a uint8 tensor [N, C, H, W] for sets held in memory; folder-backed sets
+    leave it None and decode `files[i]` on demand (in DataLoader workers).
+    """
+
+    name: str
+    split: str
+    labels: np.ndarray
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    images: torch.Tensor | None = None
+    files: list[str] | None = None
+    resize: int | None = None
+    subset: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if (self.images is None) == (self.files is None):
+            raise ValueError("an ImageSet holds either images in memory or a list of files")
+        if self.images is not None:
+            if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+                raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+            if len(self.images) != len(self.labels):
+                raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.mean)
+
+    @property
+    def fixed_size(self) -> bool:
+        """True when every image has the same shape, so batches can be gathered at once."""
+        return self.images is not None or self.resize is not None
+
+    def image(self, index: int) -> torch.Tensor:
+        """One uint8 CHW image."""
+        if self.images is not None:
+            return self.images[index]
+        return _decode(self.files[index], self.in_channels, self.resize)
+
+    def batch(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """uint8 [B, C, H, W] for a fixed-size set."""
+        if self.images is not None:
+            return self.images[torch.as_tensor(np.asarray(indices), dtype=torch.long)]
+        if not self.fixed_size:
+            raise ValueError(f"{self.name} images vary in size; use image(i) per sample")
+        return torch.stack([self.image(int(i)) for i in indices])
+
+    def select(self, indices: np.ndarray, subset: int | None) -> "ImageSet":
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            name=self.name, split=self.split, labels=self.labels[indices], classes=self.classes,
+            mean=self.mean, std=self.std,
+            images=None if self.images is None else self.images[torch.from_numpy(indices)],
+            files=None if self.files is None else [self.files[i] for i in indices],
+            resize=self.resize, subset=subset, options=self.options,
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of labels and pixels (files: relative paths, labels and byte sizes)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"labels:{self.labels.shape}".encode())
+            h.update(self.labels.astype("<i8").tobytes())
+            if self.images is not None:
+                h.update(f"images:{tuple(self.images.shape)}".encode())
+                h.update(self.images.contiguous().numpy().tobytes())
+            else:
+                # Hashing every pixel of an ImageNet-size tree means reading it all; the
+                # relative path, label and byte size of each file identify it well enough.
+                root = os.path.commonpath(self.files) if self.files else ""
+                for path in self.files:
+                    h.update(f"{os.path.relpath(path, root)}:{os.path.getsize(path)}\n".encode())
+                h.update(f"resize:{self.resize}".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        """The provenance record a logit store and a student compare."""
+        return {
+            "name": self.name,
+            "split": self.split,
+            "size": len(self),
+            "num_classes": self.num_classes,
+            "subset": self.subset,
+            "fingerprint": self.fingerprint,
+        }
+
+
+# ---------------------------------------------------------------------------------------
+# Loading by name
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """'synthetic:classes=4,train=64' -> ('synthetic', {'classes': 4, 'train': 64})."""
+    name, _, rest = spec.partition(":")
+    options: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"dataset option {item!r} in {spec!r} must look like key=value")
+        options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return name.strip().lower(), options
+
+
+def load_dataset(
+    spec: str,
+    split: str = "train",
+    *,
+    root: str | os.PathLike | None = None,
+    subset: int | None = None,
+    download: bool = True,
+) -> ImageSet:
+    """Load a split by name; `subset` keeps the first N samples of each class (in order)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    name, options = parse_dataset_spec(spec)
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(_LOADERS)}")
+    loader = _LOADERS[name]
+    accepted = [p for p in inspect.signature(loader).parameters if p not in ("split", "root", "download")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"dataset {name!r} has no option {unknown[0]!r}; its options: {accepted or 'none'}")
+    root_path = Path(root or os.environ.get(DEFAULT_ROOT_ENV, "data")).expanduser()
+    data = loader(split, root_path, download=download, **options)
+    data.options = options
+    if subset is not None:
+        data = data.select(first_per_class(data.labels, subset), subset)
+    return data
+
+
+def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first `per_class` samples of every class, in dataset order."""
+    if per_class < 1:
+        raise ValueError(f"subset must be >= 1 sample per class, got {per_class}")
+    labels = np.asarray(labels)
+    keep = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        keep[np.flatnonzero(labels == c)[:per_class]] = True
+    return np.flatnonzero(keep)
+
+
+def _load_cifar(split: str, root: Path, *, download: bool, classes: int) -> ImageSet:
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR100 if classes == 100 else torchvision.datasets.CIFAR10
+    name = f"cifar{classes}"
+    folder = root / cls.base_folder
+    try:
+        ds = cls(str(root), train=split == "train", download=False)
+    except RuntimeError:
+        if not download:
+            raise DatasetError(_cifar_missing(name, folder)) from None
+        try:
+            ds = cls(str(root), train=split == "train", download=True)
+        except Exception as err:  # no network, proxy, checksum...
+            raise DatasetError(f"{_cifar_missing(name, folder)} (download failed: {err})") from None
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if classes == 100 else (CIFAR10_MEAN, CIFAR10_STD)
+    return ImageSet(name, split, np.asarray(ds.targets), list(ds.classes), mean, std, images=images)
+
+
+def _cifar_missing(name: str, folder: Path) -> str:
+    return (
+        f"{name} not found: expected torchvision's python-version files in {folder}/ "
+        f"(download {name.replace('cifar', 'cifar-')}-python.tar.gz from "
+        f"https://www.cs.toronto.edu/~kriz/cifar.html and untar it in {folder.parent}/)"
+    )
+
+
+def _read_idx(path: Path, offset: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        return np.frombuffer(bytearray(f.read()), dtype=np.uint8, offset=offset)
+
+
+def _load_fashion_mnist(split: str, root: Path, *, download: bool) -> ImageSet:
+    prefix = "train" if split == "train" else "t10k"
+    names = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    candidates = [root / "FashionMNIST" / "raw", root, DEBIAN_FASHION_MNIST]
+    for folder in candidates:
+        found = [_first_existing(folder / n, folder / f"{n}.gz") for n in names]
+        if all(found):
+            images = _read_idx(found[0], 16).reshape(-1, 1, 28, 28)
+            labels = _read_idx(found[1], 8)
+            if len(images) != len(labels):
+                raise DatasetError(f"{found[0]} holds {len(images)} images but {found[1]} {len(labels)} labels")
+            break
+    else:
+        if not download:
+            raise DatasetError(
+                f"fashion-mnist not found in {', '.join(map(str, candidates))}: "
+                "`apt-get install dataset-fashion-mnist` or put the IDX files there"
+            )
+        import torchvision
+
+        try:
+            ds = torchvision.datasets.FashionMNIST(str(root), train=split == "train", download=True)
+        except Exception as err:
+            raise DatasetError(
+                f"fashion-mnist not found locally and the download failed ({err}); "
+                "`apt-get install dataset-fashion-mnist` or put the IDX files in "
+                f"{root / 'FashionMNIST' / 'raw'}"
+            ) from None
+        images, labels = ds.data.numpy()[:, None], ds.targets.numpy()
+    return ImageSet(
+        "fashion-mnist", split, labels, FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+        images=torch.from_numpy(np.ascontiguousarray(images)),
+    )
+
+
+def _first_existing(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.is_file()), None)
+
+
+def _load_imagefolder(
+    split: str, root: Path, *, download: bool, resize: int | None = None, channels: int = 3,
+    test_split: str = "val",
+) -> ImageSet:
+    """`root/train/<class>/*.jpg` and `root/<test_split>/<class>/*` (ImageNet's layout)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    folder = root / ("train" if split == "train" else test_split)
+    if not folder.is_dir():
+        raise DatasetError(f"imagefolder: no folder {folder} (expected {folder}/<class>/<image files>)")
+    classes, class_to_idx = find_classes(str(folder))
+    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
+    if not samples:
+        raise DatasetError(f"imagefolder: no images under {folder}")
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels, (0.5,) * channels)
+    return ImageSet(
+        "imagefolder", split, [label for _, label in samples], classes, mean, std,
+        files=[path for path, _ in samples], resize=resize,
+    )
+
+
+def _decode(path: str, channels: int, resize: int | None) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as F
+
+    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
+    try:
+        image = decode_image(path, mode=mode)
+    except Exception as err:
+        raise DatasetError(f"cannot decode image {path}: {err}") from None
+    if resize is not None:
+        image = F.resize(image, [resize, resize], antialias=True)
+    return image
+
+
+def _load_synthetic(
+    split: str, root: Path, *, download: bool, classes: int = 10, train: int = 640, test: int = 200,
+    size: int = 32, channels: int = 3, seed: int = 0,
+) -> ImageSet:
+    """Class prototypes plus noise: learnable in a few steps, identical on every machine."""
+    prototypes = np.random.default_rng(seed).integers(0, 256, (classes, channels, 4, 4))
+    prototypes = prototypes.repeat(size // 4, axis=2).repeat(size // 4, axis=3)
+    n = train if split == "train" else test
+    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    labels = np.arange(n) % classes
+    rng.shuffle(labels)
+    noise = rng.normal(0, 48, (n, channels, size, size))
+    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
+    mean, std = (0.5,) * channels, (0.25,) * channels
+    return ImageSet(
+        "synthetic", split, labels, [f"class{c}" for c in range(classes)], mean, std,
+        images=torch.from_numpy(images),
+    )
+
+
+def _load_cifar100(split: str, root: Path, *, download: bool) -> ImageSet:
+    return _load_cifar(split, root, download=download, classes=100)
+
+
+def _load_cifar10(split: str, root: Path, *, download: bool) -> ImageSet:
+    return _load_cifar(split, root, download=download, classes=10)
+
+
+_LOADERS = {
+    "cifar100": _load_cifar100,
+    "cifar10": _load_cifar10,
+    "fashion-mnist": _load_fashion_mnist,
+    "imagefolder": _load_imagefolder,
+    "synthetic": _load_synthetic,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Model input
+
+
+def to_model_input(
+    views: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> normalised float32 on `device`, as ToTensor + Normalize compute it.
+
+    uint8 travels to the device (4x fewer bytes than float) and is normalised there.
+    """
+    x = views.to(device, non_blocking=True).float().div_(255)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    x = x.sub_(m).div_(s)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

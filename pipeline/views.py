@@ -1,0 +1,386 @@
+"""Replayable augmentation: a view is (sample index, slot), its parameters a pure function.
+
+The teacher must see exactly the image the student sees. So no augmentation here draws
+from a stateful RNG: `ViewSpec.params(indices, slot)` hashes (seed, sample index, slot)
+into the view's parameters, and `ViewFamily.apply(image, params)` turns them into a uint8
+view. Neither depends on worker count, batch size, order, start epoch or rank, so a view
+can be recomputed anywhere, bit for bit. A logit store records the parameters of every view
+it caches, and students replay those parameters without knowing how they were drawn.
+
+Families:
+- `crop`: CIFAR's RandomCrop(size, padding) + RandomHorizontalFlip with zero padding;
+  parameters (top, left, flip) in padded coordinates, exactly as torchvision draws them.
+  Images smaller than `size` (Fashion-MNIST's 28 px) are first zero-padded to `size`,
+  centred, so 28 px data gets the same 9 x 9 x 2 = 162 views as CIFAR.
+- `resized-crop`: ImageNet's RandomResizedCrop(size) + flip; parameters (scale,
+  log_ratio, u, v, flip) are relative, so they are drawn without knowing the image size
+  and resolved against it when applied.
+
+Policies (which views exist, and which one a student uses at epoch e):
+- `per-epoch:E`: E slots; slot e at epoch e.
+- `pool:P`: P slots per sample; each epoch a student draws one per sample from its seed.
+- `exhaustive`: every view of a finite family (crop: 162), drawn like a pool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+POLICIES = ("per-epoch", "pool", "exhaustive")
+
+# ---------------------------------------------------------------------------------------
+# Counter-based hashing: the only source of randomness for views and slot draws.
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_STUDENT_DOMAIN = 0x5354554445  # keeps a student's slot draws apart from the store's views
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.uint64) + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash_bits(seed: int, indices: np.ndarray, slot: int, streams: int) -> np.ndarray:
+    """uint64 [n, streams], a pure function of (seed, index, slot, stream)."""
+    with np.errstate(over="ignore"):
+        base = _splitmix64(_splitmix64(np.array([seed], dtype=np.uint64)) ^ np.uint64(slot))
+        per_sample = _splitmix64(base ^ np.asarray(indices, dtype=np.uint64))
+        return _splitmix64(per_sample[:, None] ^ np.arange(1, streams + 1, dtype=np.uint64)[None, :])
+
+
+def _unit(bits: np.ndarray) -> np.ndarray:
+    """uint64 -> float64 uniform in [0, 1) from the top 53 bits."""
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+# ---------------------------------------------------------------------------------------
+# Families
+
+
+class ViewFamily:
+    """How parameters become a view. Subclasses define the parameter layout."""
+
+    kind: ClassVar[str]
+    param_names: ClassVar[tuple[str, ...]]
+    param_dtype: ClassVar[type]
+    size: int
+
+    def sample(self, bits: np.ndarray) -> np.ndarray:
+        """[n, k] uint64 hash bits -> [n, k] parameters."""
+        raise NotImplementedError
+
+    def enumerate(self) -> np.ndarray | None:
+        """Every view's parameters when the family is finite, else None."""
+        return None
+
+    def apply(self, image: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        """uint8 [C, H, W] + parameters [k] -> uint8 view [C, size, size]."""
+        raise NotImplementedError
+
+    def apply_batch(self, images: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        """uint8 [B, C, H, W] + [B, k] -> uint8 [B, C, size, size]; same bits as `apply`."""
+        return torch.stack([self.apply(img, p) for img, p in zip(images, params)])
+
+    def test_view(self, image: torch.Tensor) -> torch.Tensor:
+        """The un-augmented evaluation view of one image."""
+        raise NotImplementedError
+
+    def test_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.test_view(img) for img in images])
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
+        return f"{self.kind}:{args}"
+
+
+@dataclass(frozen=True)
+class CropFlip(ViewFamily):
+    """RandomCrop(size, padding=padding) with zero fill, then RandomHorizontalFlip."""
+
+    size: int = 32
+    padding: int = 4
+
+    kind: ClassVar[str] = "crop"
+    param_names: ClassVar[tuple[str, ...]] = ("top", "left", "flip")
+    param_dtype: ClassVar[type] = np.int16
+
+    @property
+    def offsets(self) -> int:
+        return 2 * self.padding + 1
+
+    def sample(self, bits: np.ndarray) -> np.ndarray:
+        n = np.uint64(self.offsets)
+        out = np.stack([bits[:, 0] % n, bits[:, 1] % n, bits[:, 2] & np.uint64(1)], axis=1)
+        return out.astype(self.param_dtype)
+
+    def enumerate(self) -> np.ndarray:
+        top, left, flip = np.meshgrid(np.arange(self.offsets), np.arange(self.offsets), [0, 1], indexing="ij")
+        return np.stack([top.ravel(), left.ravel(), flip.ravel()], axis=1).astype(self.param_dtype)
+
+    def _pad_to_size(self, images: torch.Tensor) -> torch.Tensor:
+        h, w = images.shape[-2:]
+        if h > self.size or w > self.size:
+            raise ValueError(
+                f"crop views need images of at most {self.size} px, got {h}x{w}: "
+                "resize the dataset (imagefolder:resize=N) or use resized-crop"
+            )
+        dh, dw = self.size - h, self.size - w
+        if dh or dw:
+            images = TF.pad(images, [dw // 2, dh // 2, dw - dw // 2, dh - dh // 2], fill=0)
+        return images
+
+    def apply(self, image: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        top, left, flip = (int(v) for v in params)
+        padded = TF.pad(self._pad_to_size(image), [self.padding], fill=0)
+        view = padded[:, top : top + self.size, left : left + self.size]
+        return view.flip(-1) if flip else view.contiguous()
+
+    def apply_batch(self, images: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        padded = TF.pad(self._pad_to_size(images), [self.padding], fill=0)
+        b, c = padded.shape[:2]
+        p = torch.from_numpy(np.asarray(params, dtype=np.int64))
+        span = torch.arange(self.size)
+        rows = p[:, 0:1] + span
+        cols = p[:, 1:2] + span
+        cols = torch.where(p[:, 2:3].bool(), cols.flip(1), cols)  # a flip reverses the columns
+        return padded[
+            torch.arange(b)[:, None, None, None],
+            torch.arange(c)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+
+    def test_view(self, image: torch.Tensor) -> torch.Tensor:
+        return self._pad_to_size(image)
+
+    def test_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return self._pad_to_size(images)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "size": self.size, "padding": self.padding}
+
+
+@dataclass(frozen=True)
+class ResizedCropFlip(ViewFamily):
+    """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip; test: Resize + CenterCrop.
+
+    Unlike torchvision, which retries up to 10 times when a drawn box does not fit and then
+    falls back to a centre crop, a box that does not fit is clamped to the image: one draw,
+    always valid, and resolvable from stored relative parameters.
+    """
+
+    size: int = 224
+    scale_min: float = 0.08
+    scale_max: float = 1.0
+    ratio_min: float = 3 / 4
+    ratio_max: float = 4 / 3
+    test_resize: int = 256
+
+    kind: ClassVar[str] = "resized-crop"
+    param_names: ClassVar[tuple[str, ...]] = ("scale", "log_ratio", "u", "v", "flip")
+    param_dtype: ClassVar[type] = np.float32
+
+    def sample(self, bits: np.ndarray) -> np.ndarray:
+        u = _unit(bits[:, :4])
+        lo, hi = math.log(self.ratio_min), math.log(self.ratio_max)
+        scale = self.scale_min + (self.scale_max - self.scale_min) * u[:, 0]
+        log_ratio = lo + (hi - lo) * u[:, 1]
+        flip = (bits[:, 4] & np.uint64(1)).astype(np.float64)
+        return np.stack([scale, log_ratio, u[:, 2], u[:, 3], flip], axis=1).astype(self.param_dtype)
+
+    def box(self, height: int, width: int, params: np.ndarray) -> tuple[int, int, int, int]:
+        """(top, left, h, w) in pixels of an image of the given size."""
+        scale, log_ratio, u, v = (float(x) for x in params[:4])
+        area, ratio = scale * height * width, math.exp(log_ratio)
+        w = min(max(int(round(math.sqrt(area * ratio))), 1), width)
+        h = min(max(int(round(math.sqrt(area / ratio))), 1), height)
+        top = min(int(u * (height - h + 1)), height - h)
+        left = min(int(v * (width - w + 1)), width - w)
+        return top, left, h, w
+
+    def apply(self, image: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        top, left, h, w = self.box(image.shape[-2], image.shape[-1], params)
+        view = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+        return view.flip(-1) if params[4] >= 0.5 else view
+
+    def test_view(self, image: torch.Tensor) -> torch.Tensor:
+        return TF.center_crop(TF.resize(image, [self.test_resize], antialias=True), [self.size, self.size])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "size": self.size, "scale_min": self.scale_min,
+            "scale_max": self.scale_max, "ratio_min": self.ratio_min,
+            "ratio_max": self.ratio_max, "test_resize": self.test_resize,
+        }
+
+
+FAMILIES: dict[str, type[ViewFamily]] = {cls.kind: cls for cls in (CropFlip, ResizedCropFlip)}
+
+
+def family_from_dict(d: dict[str, Any]) -> ViewFamily:
+    d = dict(d)
+    kind = d.pop("kind")
+    if kind not in FAMILIES:
+        raise ValueError(f"unknown view family {kind!r}; choose from {sorted(FAMILIES)}")
+    return FAMILIES[kind](**d)
+
+
+def parse_family(spec: str) -> ViewFamily:
+    """'crop', 'crop:size=32,padding=4', 'resized-crop:size=224'."""
+    kind, _, rest = spec.partition(":")
+    kwargs: dict[str, Any] = {"kind": kind.strip()}
+    fields = {f.name: f.type for f in dataclasses.fields(FAMILIES[kind.strip()])} if kind.strip() in FAMILIES else {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise ValueError(f"view family option {item!r} in {spec!r}: expected key=value with key in {sorted(fields)}")
+        kwargs[key] = float(value) if fields[key] == "float" else int(value)
+    return family_from_dict(kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# The spec a store is built from
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """Which views exist (policy, count), how they look (family) and how they are drawn (seed)."""
+
+    family: ViewFamily
+    policy: str
+    count: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"view policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.policy == "exhaustive":
+            if self.family.enumerate() is None:
+                raise ValueError(f"the {self.family.kind} family has infinitely many views: use per-epoch:E or pool:P")
+            # Every exhaustive store of a family holds the same views, whatever the seed.
+            object.__setattr__(self, "count", None)
+            object.__setattr__(self, "seed", 0)
+        elif self.count is None or self.count < 1:
+            raise ValueError(f"{self.policy} needs a count >= 1, e.g. {self.policy}:10")
+
+    @classmethod
+    def parse(cls, policy: str, family: str | ViewFamily = "crop", seed: int = 0) -> "ViewSpec":
+        """'per-epoch:240' | 'pool:50' | 'exhaustive'."""
+        name, _, count = policy.partition(":")
+        if count and not count.isdigit():
+            raise ValueError(f"view policy {policy!r}: the count after ':' must be a positive integer")
+        fam = parse_family(family) if isinstance(family, str) else family
+        return cls(fam, name.strip(), int(count) if count else None, seed)
+
+    @property
+    def num_slots(self) -> int:
+        if self.policy == "exhaustive":
+            return len(self.family.enumerate())
+        return int(self.count)
+
+    def params(self, indices: np.ndarray, slot: int) -> np.ndarray:
+        """Parameters [n, k] of the views (indices, slot)."""
+        if not 0 <= slot < self.num_slots:
+            raise IndexError(f"slot {slot} out of range for {self.num_slots} slots")
+        indices = np.asarray(indices)
+        if self.policy == "exhaustive":
+            return np.repeat(self.family.enumerate()[slot : slot + 1], len(indices), axis=0)
+        return self.family.sample(hash_bits(self.seed, indices, slot, len(self.family.param_names)))
+
+    def slots_for_epoch(self, epoch: int, num_samples: int, student_seed: int) -> np.ndarray:
+        """The slot each sample uses at `epoch` (0-based) for a student of `student_seed`."""
+        if self.policy == "per-epoch":
+            if epoch >= self.num_slots:
+                raise ValueError(
+                    f"the store caches {self.num_slots} per-epoch views; epoch {epoch + 1} has none "
+                    "(dump per-epoch:E with E >= the student's epochs, or use a pool)"
+                )
+            return np.full(num_samples, epoch, dtype=np.int64)
+        bits = hash_bits(student_seed ^ _STUDENT_DOMAIN, np.arange(num_samples), epoch, 1)[:, 0]
+        return (bits % np.uint64(self.num_slots)).astype(np.int64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "count": self.count, "seed": self.seed, "family": self.family.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ViewSpec":
+        return cls(family_from_dict(d["family"]), d["policy"], d.get("count"), d.get("seed", 0))
+
+    def __str__(self) -> str:
+        policy = self.policy if self.count is None else f"{self.policy}:{self.count}"
+        return f"{policy} of {self.family} (seed {self.seed})"
+
+
+# ---------------------------------------------------------------------------------------
+# Batches of views for a DataLoader
+
+
+class ViewBatches(torch.utils.data.Dataset):
+    """Item b is one batch: (uint8 views [B, C, S, S], labels [B], indices [B], crc32 [B]).
+
+    `batches` holds (sample indices, their view parameters [B, k]), or None for the
+    un-augmented test view. Whole batches are made in one call, in DataLoader workers when
+    there are any, so an in-memory set gathers and crops a batch with one indexing
+    operation. The crc32 of each view lets a store record, and a reader check, exactly
+    which input the teacher saw.
+    """
+
+    def __init__(self, images: Any, family: ViewFamily, batches: Sequence[tuple[np.ndarray, np.ndarray | None]]):
+        self.images, self.family, self.batches = images, family, list(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx, params = self.batches[b]
+        if self.images.fixed_size:
+            images = self.images.batch(idx)
+            views = self.family.test_batch(images) if params is None else self.family.apply_batch(images, params)
+        else:
+            images = [self.images.image(int(i)) for i in idx]
+            views = torch.stack(
+                [self.family.test_view(img) if params is None else self.family.apply(img, p)
+                 for img, p in zip(images, params if params is not None else [None] * len(images))]
+            )
+        crc = torch.tensor([zlib.crc32(v.numpy().tobytes()) for v in views.contiguous()], dtype=torch.int64)
+        labels = torch.from_numpy(self.images.labels[idx])
+        return views, labels, torch.from_numpy(np.asarray(idx, dtype=np.int64)), crc
+
+
+def batch_indices(num_samples: int, batch_size: int, order: np.ndarray | None = None, drop_last: bool = False) -> list[np.ndarray]:
+    order = np.arange(num_samples) if order is None else np.asarray(order)
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def view_loader(
+    images: Any,
+    family: ViewFamily,
+    batches: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over whole batches of views (see `ViewBatches`), in the given order."""
+    return torch.utils.data.DataLoader(
+        ViewBatches(images, family, batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers else None,
+    )
