@@ -134,10 +134,17 @@ class ImageSet:
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
+    @property
+    def spec(self) -> str:
+        """The name `load_dataset` takes to load this set again, options included."""
+        options = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}:{options}" if options else self.name
+
     def describe(self) -> dict[str, Any]:
         """The provenance record a logit store and a student compare."""
         return {
             "name": self.name,
+            "spec": self.spec,
             "split": self.split,
             "size": len(self),
             "num_classes": self.num_classes,
@@ -295,12 +302,12 @@ def _load_imagefolder(
 
 
 def _decode(path: str, channels: int, resize: int | None) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
-        image = decode_image(path, mode=mode)
+        with Image.open(path) as img:
+            image = F.pil_to_tensor(img.convert("RGB" if channels == 3 else "L"))
     except Exception as err:
         raise DatasetError(f"cannot decode image {path}: {err}") from None
     if resize is not None:
@@ -366,3 +373,15 @@ def to_model_input(
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     x = x.sub_(m).div_(s)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def load_splits(
+    spec: str, *, root: str | os.PathLike | None = None, subset: int | None = None,
+    test_subset: int | None = None, download: bool = True,
+) -> tuple[ImageSet, ImageSet]:
+    """(train, test) of one dataset; subsets keep the first N samples of each class."""
+    train = load_dataset(spec, "train", root=root, subset=subset, download=download)
+    test = load_dataset(spec, "test", root=root, subset=test_subset, download=download)
+    if train.classes != test.classes:
+        raise DatasetError(f"{spec}: train and test splits name different classes")
+    return train, test

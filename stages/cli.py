@@ -11,5 +11,16 @@ def main() -> None:
     """Offline-logit knowledge distillation with Refined Logit Distillation (RLD)."""
 
 
+from stages.dump import dump_cmd  # noqa: E402
+from stages.student import student  # noqa: E402
+from stages.teacher import teacher  # noqa: E402
+from stages.verify import verify_cmd  # noqa: E402
+
+main.add_command(teacher)
+main.add_command(dump_cmd)
+main.add_command(student)
+main.add_command(verify_cmd)
+
+
 if __name__ == "__main__":
     main()

@@ -29,7 +29,7 @@ from pipeline.losses import (
     standardize,
 )
 
-DATA = Path(__file__).parent / "fixtures"  # not tests/data/: the root .gitignore ignores data/
+DATA = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,0 +1,98 @@
+"""Every figure the pipeline draws, in one place (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, *, title: str = "") -> None:
+    """Loss terms, accuracies and learning rate per epoch of one run."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
+    for key in history[0] if history else []:
+        if key.startswith("loss_"):
+            ax_loss.plot(epochs, [row[key] for row in history], label=key[5:])
+    ax_loss.set(xlabel="epoch", ylabel="loss (train mean)", yscale="log")
+    ax_loss.legend()
+    for key, label in (("train_top1", "train top-1"), ("test_top1", "test top-1"), ("test_top5", "test top-5"),
+                       ("teacher_agreement", "agreement with teacher")):
+        if history and key in history[0]:
+            ax_acc.plot(epochs, [row[key] for row in history], label=label)
+    ax_acc.set(xlabel="epoch", ylabel="%")
+    ax_acc.legend()
+    ax_lr.plot(epochs, [row["lr"] for row in history])
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", yscale="log")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_store_report(report: dict[str, Any], path: Path) -> None:
+    """One PNG of a logit store's teacher (from `pipeline.inspect.inspect_store`): confidence
+    histogram, reliability diagram and MCD mask-size histogram on the cached views."""
+    cached = report["cached_views"]
+    bins = cached["reliability"]
+    width = bins[0]["high"] - bins[0]["low"]
+    lows = [b["low"] for b in bins]
+    fig, (ax_conf, ax_rel, ax_mask) = plt.subplots(1, 3, figsize=(15, 4.2))
+
+    ax_conf.bar(lows, [b["views"] for b in bins], width=width, align="edge", edgecolor="black")
+    mean = cached["mean_confidence"]
+    if mean is not None:
+        ax_conf.axvline(mean, color="tab:red", linestyle="--", label=f"mean {mean:.3f}")
+        ax_conf.legend()
+    ax_conf.set(xlabel="confidence (max softmax, T=1)", ylabel="views", xlim=(0, 1), title="confidence")
+
+    shown = [b for b in bins if b["views"]]
+    ax_rel.bar([b["low"] for b in shown], [b["accuracy"] for b in shown], width=width, align="edge",
+               edgecolor="black", label="accuracy")
+    ax_rel.plot([b["low"] + width / 2 for b in shown], [b["confidence"] for b in shown], "o", color="tab:red",
+                label="mean confidence")
+    ax_rel.plot([0, 1], [0, 1], color="gray", linestyle=":")
+    ece = cached["ece_pct"]
+    ax_rel.set(xlabel="confidence bin", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+               title="reliability" + ("" if ece is None else f" (ECE {ece:.2f}%)"))
+    ax_rel.legend(loc="upper left")
+
+    counts = cached["mask_size"]["counts"]
+    last = max((i for i, c in enumerate(counts) if c), default=0) + 1
+    ax_mask.bar(range(1, last + 1), counts[:last], width=1.0 if last > 50 else 0.8,
+                edgecolor="black" if last <= 50 else None)
+    ax_mask.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_mask.set(xlabel="MCD mask size |{c : t_c >= t_y}|", ylabel="views", title="mask size (1 = teacher right)")
+    if last > 20:
+        ax_mask.set_yscale("log")
+
+    fig.suptitle(f"{report['path']}  ({cached['views']} cached views"
+                 + ("" if report["completeness"]["complete"] else ", INCOMPLETE") + ")")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_student_comparison(runs: Sequence[dict[str, Any]], path: Path) -> None:
+    """Test top-1 per epoch of every student, with each teacher's accuracy as a dashed line."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    teachers: dict[str, float] = {}
+    for run in runs:
+        history = run["history"]
+        ax.plot([r["epoch"] for r in history], [r["test_top1"] for r in history], label=f"{run['name']} ({run['loss']})")
+        top1 = run.get("teacher_test", {}).get("top1")
+        if top1 is not None:
+            teachers[run["signal"]["teacher"]["arch"]] = top1
+    for name, top1 in teachers.items():
+        ax.axhline(top1, linestyle="--", color="gray")
+        ax.annotate(f"teacher {name}: {top1:.2f}", (0, top1), textcoords="offset points", xytext=(4, 4), color="gray")
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="Students")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,147 @@
+"""Teacher files: weights plus everything downstream needs to name exactly which teacher it used.
+
+A teacher file is a `torch.save`d dict (readable with weights_only=True):
+
+    format            "rld-teacher", format_version 1
+    arch, num_classes, in_channels
+    model             the state dict (so mdistiller-style loaders read it too)
+    weights_sha256    sha256 over the state dict's names, dtypes, shapes and bytes
+    dataset           the train split it is meant for (name, subset, fingerprint, ...)
+    family            the view family its test accuracy was measured with
+    accuracy          {"top1", "top5"} on the un-augmented test split, in percent
+    source            "trained" (with its recipe) or "imported from <file>"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import models
+
+TEACHER_FORMAT = "rld-teacher"
+TEACHER_FORMAT_VERSION = 1
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves, independent of how the file was pickled."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Teacher:
+    arch: str
+    num_classes: int
+    in_channels: int
+    model: nn.Module
+    dataset: dict[str, Any]
+    family: dict[str, Any]
+    accuracy: dict[str, float]
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    @property
+    def weights_sha256(self) -> str:
+        return weights_sha256(self.model.state_dict())
+
+    def describe(self) -> dict[str, Any]:
+        """The teacher record of a store's provenance."""
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "weights_sha256": self.weights_sha256,
+            "accuracy": self.accuracy,
+            "source": self.source,
+            "file": self.path,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a killed save never leaves a half-written teacher behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        payload = {
+            "format": TEACHER_FORMAT,
+            "format_version": TEACHER_FORMAT_VERSION,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "model": state,
+            "weights_sha256": weights_sha256(state),
+            "dataset": self.dataset,
+            "family": self.family,
+            "accuracy": self.accuracy,
+            "source": self.source,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        self.path = str(path)
+
+
+def load_teacher(path: str | os.PathLike, device: torch.device | str = "cpu") -> Teacher:
+    """Read a teacher file; its weights must still hash to the recorded sha256."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such teacher file (make one with `rld teacher train` or `rld teacher import`)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable teacher file ({err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT:
+        raise ValueError(
+            f"{path}: not an rld teacher file (no format={TEACHER_FORMAT!r}); "
+            "wrap mdistiller or torchvision weights with `rld teacher import`"
+        )
+    missing = [k for k in ("arch", "num_classes", "in_channels", "model", "weights_sha256") if k not in payload]
+    if missing:
+        raise ValueError(f"{path}: teacher file lacks field(s) {missing}")
+    digest = weights_sha256(payload["model"])
+    if digest != payload["weights_sha256"]:
+        raise ValueError(f"{path}: weights hash {digest[:12]}… differs from the recorded {payload['weights_sha256'][:12]}… (file corrupted or edited)")
+    model = models.build(payload["arch"], payload["num_classes"], in_channels=payload["in_channels"])
+    models.load_weights(model, payload["model"], arch=payload["arch"])
+    return Teacher(
+        arch=payload["arch"], num_classes=payload["num_classes"], in_channels=payload["in_channels"],
+        model=model.to(device).eval(), dataset=payload.get("dataset", {}), family=payload.get("family", {}),
+        accuracy=payload.get("accuracy", {}), source=payload.get("source", ""),
+        extra=payload.get("extra", {}), path=str(path),
+    )
+
+
+def evaluate_teacher(teacher: Teacher, test: Any, family: Any, *, device: torch.device, amp: str = "off", batch_size: int = 256) -> dict[str, float]:
+    """Top-1/top-5 (%) on the un-augmented test split; recorded in the teacher file."""
+    from pipeline.inference import predict_test, topk_accuracy
+
+    logits = predict_test(teacher.model.to(device), test, family, device=device, amp=amp, batch_size=batch_size)
+    return topk_accuracy(logits, test.labels)
+
+
+def import_teacher(
+    arch: str, weights: str | os.PathLike, train: Any, test: Any, family: Any, *,
+    device: torch.device, amp: str = "off",
+) -> Teacher:
+    """Wrap mdistiller / torchvision / DDP weights as a teacher file, measuring test accuracy."""
+    model = models.build(arch, train.num_classes, in_channels=train.in_channels)
+    models.load_weights(model, weights, arch=arch)
+    teacher = Teacher(
+        arch=arch, num_classes=train.num_classes, in_channels=train.in_channels, model=model.eval(),
+        dataset={**train.describe(), "classes": list(train.classes)}, family=family.to_dict(),
+        accuracy={}, source=f"imported from {Path(weights).name}",
+    )
+    teacher.accuracy = evaluate_teacher(teacher, test, family, device=device, amp=amp)
+    return teacher

@@ -1,0 +1,77 @@
+"""Audit a store: recompute random cached views from their stored parameters and re-run the teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.data import ImageSet
+from pipeline.inference import forward_batches
+from pipeline.store import LogitStore
+from pipeline.teacher import Teacher
+from pipeline.views import ViewSpec, batch_indices, view_loader
+
+
+def default_tolerance(store: LogitStore) -> float:
+    """Max |delta logit| a faithful store can show: fp16 rounding, or a bf16 teacher."""
+    if store.attrs.get("inference", {}).get("amp", "off") != "off":
+        return 0.25
+    return 2e-2 if store.layout.dtype == "float16" else 1e-3
+
+
+@dataclass
+class VerifyReport:
+    views_checked: int
+    max_abs_delta: float
+    argmax_agreement: float  # percent
+    input_mismatches: int
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.input_mismatches == 0 and self.max_abs_delta <= self.tolerance
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "ok": self.ok}
+
+
+def verify_store(
+    store: LogitStore, teacher: Teacher, train: ImageSet, *, samples: int = 256, seed: int = 0,
+    device: torch.device = torch.device("cpu"), batch_size: int = 128, tolerance: float | None = None,
+) -> VerifyReport:
+    """Re-run `teacher` on `samples` random cached views and compare with the stored logits."""
+    store.require_complete()
+    store.check({"teacher": {"weights_sha256": teacher.weights_sha256}, "dataset": {"fingerprint": train.fingerprint}})
+    lay = store.layout
+    spec = ViewSpec.from_dict(store.attrs["views"])
+    rng = np.random.default_rng(seed)
+    count = min(samples, lay.slots * lay.samples)
+    picks = rng.choice(lay.slots * lay.samples, size=count, replace=False)
+    slots, indices = np.divmod(np.sort(picks), lay.samples)
+
+    deltas, agree, mismatches = [], 0, 0
+    amp = store.attrs.get("inference", {}).get("amp", "off")
+    if device.type == "cpu" and amp == "fp16":  # CPU autocast has no fp16; compare in float32
+        amp = "off"
+    model = teacher.model.to(device)
+    for slot in np.unique(slots):
+        rows = indices[slots == slot]
+        params = store.read_views(int(slot))[rows]
+        stored = store.read_logits(int(slot))[rows].astype(np.float32)
+        stored_crc = store.read_checks(int(slot))[1][rows]
+        items = [(rows[b], params[b]) for b in batch_indices(len(rows), batch_size)]
+        loader = view_loader(train, spec.family, items)
+        fresh_parts, crc_parts = [], []
+        for logits, _, crc in forward_batches(model, loader, train, device=device, amp=amp):
+            fresh_parts.append(logits.numpy())
+            crc_parts.append(crc.numpy())
+        fresh = np.concatenate(fresh_parts)
+        mismatches += int((np.concatenate(crc_parts) != stored_crc.astype(np.int64)).sum())
+        deltas.append(np.abs(fresh - stored).max(1))
+        agree += int((fresh.argmax(1) == stored.argmax(1)).sum())
+    delta = float(np.concatenate(deltas).max()) if deltas else 0.0
+    return VerifyReport(count, delta, 100.0 * agree / max(count, 1), mismatches, tolerance if tolerance is not None else default_tolerance(store))
+

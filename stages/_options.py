@@ -1,0 +1,70 @@
+"""Click options shared by several stages, so each flag means the same thing everywhere."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from pipeline.runtime import AMP_CHOICES
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _stack(*decorators: Decorator) -> Decorator:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+def dataset_options(required: bool = True) -> Decorator:
+    return _stack(
+        click.option("--dataset", required=required, help="cifar100 | cifar10 | fashion-mnist | imagefolder | synthetic, options as name:key=value,..."),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None, envvar="RLD_DATA_ROOT",
+                     help="Where datasets live (default ./data, or $RLD_DATA_ROOT)."),
+        click.option("--subset", type=click.IntRange(min=1), default=None, help="Keep the first N training samples of each class."),
+        click.option("--test-subset", type=click.IntRange(min=1), default=None, help="Keep the first N test samples of each class."),
+        click.option("--augment", default=None, help="View family: crop[:size=32,padding=4] | resized-crop[:size=224]; default by dataset."),
+    )
+
+
+def runtime_options(default_channels_last: bool = True) -> Decorator:
+    return _stack(
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
+                     help="Autocast: auto = bf16 on CUDA, off on CPU."),
+        click.option("--channels-last/--no-channels-last", default=default_channels_last, show_default=True),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes."),
+    )
+
+
+def fail(err: Exception) -> click.ClickException:
+    """One line for the user instead of a traceback."""
+    return click.ClickException(str(err).strip())
+
+
+def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated epochs like 150,180,210, got {value!r}") from None
+
+
+def recipe_options(default_epochs: int | None = 240) -> Decorator:
+    """The optimiser recipe; defaults are the paper's CIFAR-100 settings."""
+    return _stack(
+        click.option("--epochs", type=click.IntRange(min=1), default=default_epochs, show_default=default_epochs is not None),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--lr", type=float, default=0.05, show_default=True),
+        click.option("--momentum", type=float, default=0.9, show_default=True),
+        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
+        click.option("--milestones", callback=_milestones, default="150,180,210", show_default=True,
+                     help="Epochs after which the lr is multiplied by --lr-decay (empty: constant lr)."),
+        click.option("--lr-decay", type=float, default=0.1, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+    )

@@ -1,0 +1,128 @@
+"""Datasets: loading by name, subsets, fingerprints, clear errors, exact normalisation."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torchvision import transforms
+
+from pipeline.data import (
+    DEBIAN_FASHION_MNIST,
+    DatasetError,
+    first_per_class,
+    load_dataset,
+    load_splits,
+    to_model_input,
+)
+
+
+def test_synthetic_is_deterministic_and_options_apply():
+    a = load_dataset("synthetic:classes=3,train=30,test=9", "train")
+    b = load_dataset("synthetic:classes=3,train=30,test=9", "train")
+    assert a.images.shape == (30, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert a.num_classes == 3 and np.bincount(a.labels).tolist() == [10, 10, 10]
+    assert a.fingerprint == b.fingerprint and torch.equal(a.images, b.images)
+    assert a.spec == "synthetic:classes=3,test=9,train=30"
+    test = load_dataset("synthetic:classes=3,train=30,test=9", "test")
+    assert len(test) == 9 and test.fingerprint != a.fingerprint
+
+
+def test_subset_keeps_first_n_per_class_in_order():
+    labels = np.array([2, 0, 1, 0, 2, 0, 1, 1, 2, 0])
+    assert first_per_class(labels, 2).tolist() == [0, 1, 2, 3, 4, 6]
+    full = load_dataset("synthetic", "train")
+    sub = load_dataset("synthetic", "train", subset=5)
+    assert len(sub) == 5 * full.num_classes and sub.subset == 5
+    keep = first_per_class(full.labels, 5)
+    assert torch.equal(sub.images, full.images[keep]) and np.array_equal(sub.labels, full.labels[keep])
+    assert sub.describe()["subset"] == 5 and sub.fingerprint != full.fingerprint
+    with pytest.raises(ValueError, match=">= 1"):
+        first_per_class(labels, 0)
+
+
+def test_fingerprint_sees_one_pixel_and_one_label():
+    base = load_dataset("synthetic", "train", subset=2)
+    pixel = load_dataset("synthetic", "train", subset=2)
+    pixel.images[3, 0, 0, 0] ^= 1
+    label = load_dataset("synthetic", "train", subset=2)
+    label.labels[0] = (label.labels[0] + 1) % label.num_classes
+    assert len({base.fingerprint, pixel.fingerprint, label.fingerprint}) == 3
+
+
+def test_to_model_input_equals_to_tensor_and_normalize_bitwise():
+    """The recipe's ToTensor + Normalize (on HWC arrays, as mdistiller feeds them)."""
+    data = load_dataset("synthetic", "train", subset=1)
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+    expected = torch.stack([reference(img.permute(1, 2, 0).numpy()) for img in data.images])
+    got = to_model_input(data.images, data.mean, data.std)
+    assert torch.equal(got, expected)
+    assert to_model_input(data.images, data.mean, data.std, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def _write_idx(folder, prefix, images, labels, gz=True):
+    opener = gzip.open if gz else open
+    suffix = ".gz" if gz else ""
+    with opener(folder / f"{prefix}-images-idx3-ubyte{suffix}", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
+    with opener(folder / f"{prefix}-labels-idx1-ubyte{suffix}", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + labels.tobytes())
+
+
+def test_fashion_mnist_reads_idx_files_from_a_given_root(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    labels = (np.arange(20) % 10).astype(np.uint8)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw, "train", images, labels, gz=False)
+    _write_idx(raw, "t10k", images[:10], labels[:10], gz=True)
+    train, test = load_splits("fashion-mnist", root=tmp_path)
+    assert train.images.shape == (20, 1, 28, 28) and np.array_equal(train.images[:, 0].numpy(), images)
+    assert test.labels.tolist() == list(range(10)) and train.classes[9] == "Ankle boot"
+    assert train.mean == (0.2860,) and train.in_channels == 1
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_debian_copy():
+    test = load_dataset("fashion-mnist", "test", root="/nonexistent")
+    assert len(test) == 10_000 and test.images.shape[1:] == (1, 28, 28)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_missing_cifar_says_where_to_put_the_files(tmp_path):
+    with pytest.raises(DatasetError, match=r"cifar100 not found: expected .*cifar-100-python"):
+        load_dataset("cifar100", "train", root=tmp_path, download=False)
+
+
+def test_imagefolder_tree(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, name in enumerate(["cat", "dog"]):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                img = np.full((20 + i, 24, 3), 40 * c + i, dtype=np.uint8)
+                Image.fromarray(img).save(tmp_path / split / name / f"{i}.png")
+    train = load_dataset("imagefolder", "train", root=tmp_path)
+    assert train.classes == ["cat", "dog"] and len(train) == 6 and not train.fixed_size
+    assert train.image(4).shape == (3, 21, 24) and int(train.image(4)[0, 0, 0]) == 41
+    resized = load_dataset("imagefolder:resize=16", "test", root=tmp_path)
+    assert resized.fixed_size and resized.batch([0, 5]).shape == (2, 3, 16, 16)
+    assert resized.fingerprint != load_dataset("imagefolder", "test", root=tmp_path).fingerprint
+    with pytest.raises(DatasetError, match="no folder"):
+        load_dataset("imagefolder", "train", root=tmp_path / "missing")
+
+
+def test_bad_names_and_options():
+    with pytest.raises(ValueError, match="unknown dataset 'cifar1000'"):
+        load_dataset("cifar1000")
+    with pytest.raises(ValueError, match="has no option 'colour'"):
+        load_dataset("synthetic:colour=1")
+    with pytest.raises(ValueError, match="key=value"):
+        load_dataset("synthetic:classes")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_dataset("synthetic", "validation")

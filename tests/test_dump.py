@@ -1,0 +1,190 @@
+"""Stage 1: the dump writes exactly the teacher's logits of exactly the right views, resumably."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SUBPROCESS_ENV, SYNTH, cli, rld
+from pipeline.data import load_splits, to_model_input
+from pipeline.dump import NonFiniteLogits, dump
+from pipeline.store import LogitStore, ProvenanceMismatch
+from pipeline.views import ViewSpec
+
+ARRAYS = ("logits", "views", "argmax", "input_crc", "labels", "done", "eval/logits", "eval/labels", "eval/done")
+
+
+def assert_same_store(a: Path, b: Path) -> None:
+    sa, sb = LogitStore.open(a), LogitStore.open(b)
+    assert sa.id == sb.id
+    for name in ARRAYS:
+        x, y = sa.group[name][:], sb.group[name][:]
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True), f"{name} differs"
+
+
+def teacher_logits(teacher, images, family, indices, params) -> np.ndarray:
+    """The teacher on freshly built views, independently of the dump's batching."""
+    views = torch.stack([family.apply(images.image(int(i)), p) for i, p in zip(indices, params)])
+    with torch.no_grad():
+        return teacher.model.eval()(to_model_input(views, images.mean, images.std)).numpy()
+
+
+def test_per_epoch_store_holds_the_teachers_logits_of_each_epochs_views(tmp_path, teacher, synth):
+    train, test = synth
+    spec = ViewSpec.parse("per-epoch:3", "crop", seed=4)
+    result = dump(teacher, train, test, spec, tmp_path / "s.zarr", dtype="float32", batch_size=25,
+                  chunk_samples=32, progress=False)
+    assert result.complete and result.units_written == 3 * 3 + 2  # 96 train and 40 test samples in chunks of 32
+    store = LogitStore.open(tmp_path / "s.zarr")
+    assert store.attrs["complete"] and store.labels().tolist() == train.labels.tolist()
+    for slot in range(3):
+        params = spec.params(np.arange(len(train)), slot)
+        assert np.array_equal(store.read_views(slot), params)
+        expected = teacher_logits(teacher, train, spec.family, np.arange(len(train)), params)
+        np.testing.assert_allclose(store.read_logits(slot), expected, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(store.read_checks(slot)[0], expected.argmax(1))
+    eval_logits, eval_labels = store.eval_logits()
+    test_views = spec.family.test_batch(test.images)
+    with torch.no_grad():
+        expected = teacher.model(to_model_input(test_views, test.mean, test.std)).numpy()
+    np.testing.assert_allclose(eval_logits, expected, rtol=1e-5, atol=1e-5)
+    assert eval_labels.tolist() == test.labels.tolist()
+    prov = store.attrs
+    assert prov["teacher"]["weights_sha256"] == teacher.weights_sha256
+    assert prov["dataset"]["fingerprint"] == train.fingerprint and prov["views"] == spec.to_dict()
+
+
+@pytest.mark.parametrize("policy", ["pool:2", "exhaustive"])
+def test_pool_and_exhaustive_replay_their_views(tmp_path, teacher, synth, policy):
+    train, test = synth
+    train = train.select(np.arange(8), None)
+    spec = ViewSpec.parse(policy, "crop", seed=2)
+    dump(teacher, train, test, spec, tmp_path / "s.zarr", dtype="float16", progress=False, batch_size=256)
+    store = LogitStore.open(tmp_path / "s.zarr")
+    assert store.layout.slots == spec.num_slots and store.layout.dtype == "float16"
+    for slot in (0, spec.num_slots - 1):
+        params = store.read_views(slot)
+        if policy == "exhaustive":
+            assert (params == spec.family.enumerate()[slot]).all()
+        assert np.array_equal(params, spec.params(np.arange(8), slot))
+        expected = teacher_logits(teacher, train, spec.family, np.arange(8), params)
+        np.testing.assert_allclose(store.read_logits(slot).astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_interrupted_dump_resumes_to_the_same_store(tmp_path, teacher, synth):
+    train, test = synth
+    spec = ViewSpec.parse("per-epoch:2", "crop", seed=1)
+    kwargs = dict(dtype="float32", chunk_samples=32, progress=False, batch_size=20)
+    dump(teacher, train, test, spec, tmp_path / "whole.zarr", **kwargs)
+
+    def die_after_three(unit, count=[0]):  # noqa: B006
+        count[0] += 1
+        if count[0] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dump(teacher, train, test, spec, tmp_path / "killed.zarr", after_unit=die_after_three, **kwargs)
+    partial = LogitStore.open(tmp_path / "killed.zarr")
+    assert not partial.complete and len(partial.pending()) == len(partial.units()) - 3
+    resumed = dump(teacher, train, test, spec, tmp_path / "killed.zarr", **kwargs)
+    assert resumed.complete and resumed.units_written == len(partial.units()) - 3
+    assert_same_store(tmp_path / "whole.zarr", tmp_path / "killed.zarr")
+
+
+DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--seed", "3", "--dtype", "float32",
+             "--chunk-samples", "16", "--batch-size", "16", "--quiet"]
+
+
+def test_sigkilled_dump_process_resumes_and_equals_an_uninterrupted_run(tmp_path, teacher_file):
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(tmp_path / "whole.zarr"))
+    killed = tmp_path / "killed.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "dump", "--teacher", str(teacher_file), *DUMP_ARGS,
+                             "--out", str(killed)], env={**os.environ, **SUBPROCESS_ENV},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any((killed / "done" / "c").glob("*/*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = LogitStore.open(killed)
+    assert 0 < len(store.pending()) < len(store.units()), "the kill should land mid-dump"
+    rld("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(killed))
+    assert_same_store(tmp_path / "whole.zarr", killed)
+
+
+def test_two_shard_processes_fill_one_store_like_one_process(tmp_path, teacher_file):
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(tmp_path / "one.zarr"))
+    shared = tmp_path / "two.zarr"
+    procs = [subprocess.Popen([sys.executable, "-m", "stages.cli", "dump", "--teacher", str(teacher_file), *DUMP_ARGS,
+                               "--shard", f"{i}/2", "--out", str(shared)], env={**os.environ, **SUBPROCESS_ENV},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert LogitStore.open(shared).complete
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.zarr", "two.zarr"]
+    assert_same_store(tmp_path / "one.zarr", shared)
+
+
+def test_dump_refuses_a_store_made_from_other_views_or_data(tmp_path, teacher, synth):
+    train, test = synth
+    spec = ViewSpec.parse("per-epoch:1", "crop", seed=1)
+    dump(teacher, train, test, spec, tmp_path / "s.zarr", progress=False)
+    with pytest.raises(ProvenanceMismatch, match="views.seed: store has 1, requested 2"):
+        dump(teacher, train, test, ViewSpec.parse("per-epoch:1", "crop", seed=2), tmp_path / "s.zarr", progress=False)
+    smaller = train.select(np.arange(50), 5)
+    with pytest.raises(ProvenanceMismatch, match="dataset.subset") as err:
+        dump(teacher, smaller, test, spec, tmp_path / "s.zarr", progress=False)
+    assert "dataset.fingerprint" in str(err.value) and "dataset.size" in str(err.value)
+    result = cli("dump", "--teacher", str(tmp_path / "nope.pt"), *DUMP_ARGS, "--out", str(tmp_path / "x.zarr"))
+    assert result.exit_code == 1 and "no such teacher file" in result.stderr
+
+
+def test_non_finite_teacher_logits_stop_the_dump_naming_sample_and_view(tmp_path, teacher_file, synth):
+    from pipeline.teacher import load_teacher
+
+    train, test = synth
+    broken = load_teacher(teacher_file)
+    original = broken.model.forward
+
+    def forward(x):
+        out = original(x)
+        out[3] = float("nan")  # row 3 of every batch
+        return out
+
+    broken.model.forward = forward
+    spec = ViewSpec.parse("per-epoch:1", "crop")
+    with pytest.raises(NonFiniteLogits, match="test sample 3"):
+        dump(broken, train, test, spec, tmp_path / "s.zarr", progress=False, batch_size=64)
+    store = LogitStore.open(tmp_path / "s.zarr", mode="r+")
+    assert not store.done_mask()[1].any()
+    store.group["eval/done"][:] = 1  # pretend the test split is done: the train views fail too
+    with pytest.raises(NonFiniteLogits, match="sample 3, view slot 0"):
+        dump(broken, train, test, spec, tmp_path / "s.zarr", progress=False, batch_size=64)
+
+
+def test_max_gb_guard_and_predicted_size_are_printed(tmp_path, teacher_file):
+    result = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--max-gb", "0.00001",
+                 "--out", str(tmp_path / "big.zarr"))
+    assert result.exit_code == 1 and "exceeds --max-gb" in result.stderr
+    # 4 float32 logits + 3 int16 view parameters + argmax and crc32 = 30 bytes a view
+    assert "4 views x 96 samples x 4 classes float32 = 13.2 KB predicted (30 B per view), 27 write units" in result.stdout
+    assert not (tmp_path / "big.zarr").exists()
+
+
+def test_verify_accepts_a_faithful_store_and_catches_tampering(tmp_path, teacher_file):
+    store_path = tmp_path / "s.zarr"
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
+    ok = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "40")
+    assert ok.exit_code == 0 and "OK" in ok.stdout and "argmax agreement 100.00%" in ok.stdout
+    store = LogitStore.open(store_path, mode="r+")
+    store.group["logits"][2, 0:16] = store.group["logits"][2, 0:16] + 0.5
+    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "64")
+    assert bad.exit_code == 1 and "FAILED" in bad.stdout

@@ -1,0 +1,209 @@
+"""Stage 2: students from the store equal students of an online teacher; runs resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SUBPROCESS_ENV, SYNTH, cli, rld
+from pipeline.dump import dump
+from pipeline.inference import default_family
+from pipeline.store import LogitStore, StoreError
+from pipeline.teacher import load_teacher
+from pipeline.train import OnlineSignal, RunExists, StoreSignal, TrainConfig, ViewsOnly, learning_rate, train
+from pipeline.views import ViewSpec
+
+
+@pytest.fixture(scope="module")
+def store32(tmp_path_factory, teacher, synth):
+    """A float32 per-epoch store of the session teacher: 3 epochs of views."""
+    train_set, test_set = synth
+    path = tmp_path_factory.mktemp("store") / "s32.zarr"
+    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:3", "crop", seed=5), path, dtype="float32",
+         progress=False, channels_last=False)
+    return LogitStore.open(path)
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(arch="resnet8", loss="rld", epochs=3, batch_size=32, milestones=(2,), seed=1,
+                loss_options={"warmup": 2}, channels_last=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def max_weight_delta(a, b) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
+
+
+def test_offline_and_online_teacher_train_the_same_student(tmp_path, synth, store32, teacher):
+    train_set, test_set = synth
+    steps = {"store": [], "online": []}
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "offline", progress=False,
+          on_step=lambda e, s, t: steps["store"].append(t))
+    spec = ViewSpec.from_dict(store32.attrs["views"])
+    train(cfg(), train_set, test_set, OnlineSignal(teacher, spec, channels_last=False), tmp_path / "online",
+          progress=False, on_step=lambda e, s, t: steps["online"].append(t))
+    assert len(steps["store"]) == len(steps["online"]) == 3 * 3
+    for off, on in zip(steps["store"], steps["online"]):
+        assert off.keys() == on.keys() == {"ce", "scd", "mcd", "total"}
+        for key in off:
+            assert abs(off[key] - on[key]) <= 1e-6 * max(abs(on[key]), 1e-12), (key, off[key], on[key])
+    assert max_weight_delta(tmp_path / "offline" / "final.pt", tmp_path / "online" / "final.pt") <= 1e-6
+    summary = json.loads((tmp_path / "offline" / "summary.json").read_text())
+    assert summary["signal"]["store_id"] == store32.id and summary["teacher_test"]["top1"] >= 0
+
+
+def test_resumed_run_ends_with_the_same_weights(tmp_path, synth, store32):
+    train_set, test_set = synth
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "whole", progress=False)
+    partial = train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "resumed", progress=False, stop_after=1)
+    assert partial == {"stopped_after_epoch": 1} and (tmp_path / "resumed" / "checkpoint.pt").exists()
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "resumed", progress=False)
+    assert max_weight_delta(tmp_path / "whole" / "final.pt", tmp_path / "resumed" / "final.pt") == 0.0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert [r["loss_total"] for r in whole] == [r["loss_total"] for r in resumed]
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_outputs_of_a_run(tmp_path, synth, store32):
+    train_set, test_set = synth
+    summary = train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.json", "curves.png", "final.pt", "metrics.csv", "metrics.json", "summary.json"]
+    rows = json.loads((out / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.005])
+    for key in ("loss_ce", "loss_scd", "loss_mcd", "loss_total", "train_top1", "test_top1", "test_top5",
+                "teacher_agreement", "images_per_s"):
+        assert key in rows[0], key
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header[:2] == ["epoch", "lr"] and "loss_mcd" in header
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["loss_options"] == {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
+                                                 "alpha_temperature": 1.0, "warmup": 2.0, "logit_stand": False}
+    assert summary["final"]["top1"] == rows[-1]["test_top1"] and summary["best"]["top1"] == max(r["test_top1"] for r in rows)
+    student = load_teacher(out / "final.pt")  # a student can teach in turn
+    assert student.arch == "resnet8" and student.accuracy["top1"] == rows[-1]["test_top1"]
+    with pytest.raises(RunExists, match="already holds a finished run"):
+        train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
+    with pytest.raises(RunExists, match="differs in: lr"):
+        (out / "summary.json").unlink()
+        torch.save({"config": {**config["config"], "lr": 9.0}, "signal": {}}, out / "checkpoint.pt")
+        train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
+
+
+@pytest.mark.parametrize("loss", ["ce", "kd", "dkd", "rld"])
+def test_each_loss_lowers_its_loss(tmp_path, synth, store32, loss):
+    train_set, test_set = synth
+    options = {"warmup": 1} if loss in ("dkd", "rld") else {}
+    train(cfg(loss=loss, loss_options=options, milestones=()), train_set, test_set, StoreSignal(store32),
+          tmp_path / loss, progress=False)
+    rows = json.loads((tmp_path / loss / "metrics.json").read_text())
+    assert rows[-1]["loss_total"] < 0.9 * rows[0]["loss_total"], [r["loss_total"] for r in rows]
+
+
+def test_training_is_deterministic_per_seed(tmp_path, synth):
+    train_set, test_set = synth
+    views = ViewsOnly(ViewSpec.parse("per-epoch:2", default_family(train_set), seed=0))
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(cfg(loss="ce", loss_options={}, epochs=2, seed=seed), train_set, test_set, views, tmp_path / name, progress=False)
+    assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt") == 0.0
+    assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "c" / "final.pt") > 0
+
+
+def test_learning_rate_schedule_counts_epochs_from_one():
+    c = TrainConfig(arch="resnet8")
+    assert [learning_rate(c, e) for e in (1, 150, 151, 181, 211, 240)] == pytest.approx(
+        [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
+
+
+def test_a_store_needs_the_teacher_for_distillation(tmp_path, synth):
+    train_set, test_set = synth
+    with pytest.raises(ValueError, match="needs a teacher"):
+        train(cfg(), train_set, test_set, ViewsOnly(ViewSpec.parse("per-epoch:3")), tmp_path / "x", progress=False)
+
+
+def test_student_refuses_an_incomplete_store(tmp_path, store32):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store32.path, copy)
+    LogitStore.open(copy, mode="r+").group["done"][1, 0] = 0
+    with pytest.raises(StoreError, match="incomplete: 1 of"):
+        StoreSignal(LogitStore.open(copy))
+
+
+# ---------------------------------------------------------------------------------------
+# Through the CLI, as a user or Snakemake runs it
+
+
+STUDENT = ["student", "train", "--arch", "resnet8", "--epochs", "2", "--batch-size", "32", "--milestones", "",
+           "--warmup", "1", "--no-channels-last", "--quiet"]
+
+
+def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
+    def fails(*args, match):
+        result = cli(*args)
+        assert result.exit_code == 1, result.output
+        assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    logits = ["--logits", str(store32.path)]
+    fails("student", "train", "--arch", "resnet9", *logits, "--out", str(tmp_path / "a"), match="valid: resnet8, resnet14")
+    fails(*STUDENT, *logits, "--loss", "kd", "--beta", "2", "--out", str(tmp_path / "b"),
+          match="--beta does not apply to --loss kd; its options: --ce-weight, --kd-weight")
+    fails(*STUDENT, "--logits", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "c"), match="no such logit store")
+    fails(*STUDENT, *logits, "--subset", "5", "--out", str(tmp_path / "d"), match="dataset.subset: store has null, requested 5")
+    fails(*STUDENT, *logits, "--dataset", "synthetic:classes=5,train=96,test=40", "--out", str(tmp_path / "e"),
+          match="dataset.num_classes: store has 4, requested 5")
+    fails(*STUDENT, *logits, "--augment", "crop:size=32,padding=2", "--out", str(tmp_path / "f"), match="views.family")
+    fails(*STUDENT, "--loss", "rld", "--dataset", SYNTH, "--out", str(tmp_path / "g"), match="needs a teacher")
+    assert not any((tmp_path / n).exists() for n in "abcdefg")
+
+
+def test_cli_student_resumes_after_sigkill_with_identical_weights(tmp_path, store32):
+    args = [*STUDENT, "--logits", str(store32.path)]
+    args[args.index("--epochs") + 1] = "3"
+    rld(*args, "--out", str(tmp_path / "whole"))
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", *args, "--out", str(killed)],
+                            env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (killed / "checkpoint.pt").exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists(), "the kill should land mid-run"
+    rld(*args, "--out", str(killed))
+    assert max_weight_delta(tmp_path / "whole" / "final.pt", killed / "final.pt") == 0.0
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
+    args = [*STUDENT, "--logits", str(store32.path)]
+    rld(*args, "--out", str(tmp_path / "one"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "stages.cli",
+         *args, "--out", str(tmp_path / "two")],
+        env={**os.environ, **SUBPROCESS_ENV}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert max_weight_delta(tmp_path / "one" / "final.pt", tmp_path / "two" / "final.pt") < 1e-4
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    np.testing.assert_allclose([r["loss_total"] for r in one], [r["loss_total"] for r in two], rtol=1e-5)
