@@ -12,6 +12,7 @@ def main() -> None:
 
 
 from stages.dump import dump_cmd  # noqa: E402
+from stages.report import report_cmd  # noqa: E402
 from stages.student import student  # noqa: E402
 from stages.teacher import teacher  # noqa: E402
 from stages.verify import verify_cmd  # noqa: E402
@@ -20,6 +21,11 @@ main.add_command(teacher)
 main.add_command(dump_cmd)
 main.add_command(student)
 main.add_command(verify_cmd)
+main.add_command(report_cmd)
+
+from stages.inspect import inspect_cmd  # noqa: E402
+
+main.add_command(inspect_cmd)
 
 
 if __name__ == "__main__":
