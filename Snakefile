@@ -1,0 +1,210 @@
+"""What runs when: teacher -> logit store (in shards) -> students -> report.
+
+Every rule calls one `rld` stage command and holds no algorithm. Outputs that stand for
+expensive, resumable work are small markers, never the work itself: Snakemake deletes a
+failed job's outputs, and a killed dump or student must keep what it finished.
+
+    snakemake --cores 8 students/resnet8x4            # one student and what it needs
+    snakemake --cores 8                               # every student and the report
+    snakemake --cores 8 --configfile config/cifar100.yaml
+"""
+
+import shlex
+import sys
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+# The interpreter running Snakemake, so rules use this environment even when it is not
+# activated (a bare `rld` would resolve against whatever PATH the shell has).
+RLD = f"{shlex.quote(sys.executable)} -m stages.cli"
+PAPER_RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                "milestones": [150, 180, 210], "lr_decay": 0.1}
+
+TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), config["students"]
+_threads = config.get("threads", 2)
+THREADS = {job: _threads.get(job, 2) if isinstance(_threads, dict) else _threads for job in ("teacher", "dump", "student")}
+GPUS = config.get("gpus_per_job", 0)
+# A student with several GPUs trains with DDP, one torchrun rank per GPU.
+TRAIN_STUDENT = (
+    f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone --nproc-per-node {GPUS} -m stages.cli"
+    if GPUS > 1 else RLD
+)
+
+
+def check_references():
+    for name, store in STORES.items():
+        if store["teacher"] not in TEACHERS:
+            raise ValueError(f"config: stores.{name}.teacher {store['teacher']!r} is not one of teachers: {sorted(TEACHERS)}")
+    for name, student in STUDENTS.items():
+        store = student.get("store")
+        if store is not None and store not in STORES:
+            raise ValueError(f"config: students.{name}.store {store!r} is not one of stores: {sorted(STORES)}")
+        if store is None and student["loss"] != "ce":
+            raise ValueError(f"config: students.{name} uses loss {student['loss']!r}, which needs a store")
+
+
+check_references()
+
+
+wildcard_constraints:
+    teacher="[A-Za-z0-9_.-]+",
+    store="[A-Za-z0-9_.-]+",
+    name="[A-Za-z0-9_.-]+",
+    shard="[0-9]+",
+    shards="[0-9]+",
+
+
+def q(value):
+    return shlex.quote(str(value))
+
+
+def dataset_args(**overrides):
+    settings = {**config, **overrides}
+    args = [f"--dataset {q(config['dataset'])}", f"--data-root {q(config.get('data_root', 'data'))}"]
+    for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("augment", "--augment")):
+        if settings.get(key) is not None:
+            args.append(f"{flag} {q(settings[key])}")
+    return " ".join(args)
+
+
+def runtime_args(amp=None):
+    return f"--device {q(config.get('device', 'auto'))} --amp {q(amp or config.get('amp', 'auto'))}"
+
+
+def recipe_args(own):
+    recipe = {**PAPER_RECIPE, **config.get("recipe", {}), **(own or {})}
+    args = [f"--{key.replace('_', '-')} {recipe[key]}" for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay")]
+    args.append(f"--milestones {q(','.join(map(str, recipe['milestones'])))}")
+    return " ".join(args)
+
+
+def teacher_command(wildcards):
+    t = TEACHERS[wildcards.teacher]
+    if t.get("weights"):
+        return f"teacher import --arch {q(t['arch'])} --weights {q(t['weights'])} {dataset_args()} {runtime_args()}"
+    data = dataset_args(**({"subset": t["subset"]} if "subset" in t else {}))
+    return f"teacher train --arch {q(t['arch'])} --seed {t.get('seed', 0)} {data} {recipe_args(t.get('recipe'))} {runtime_args()}"
+
+
+def store_shards(store):
+    n = STORES[store].get("shards", 1)
+    return [f"cache/logits/{store}.shards/{i}-of-{n}.done" for i in range(n)]
+
+
+def dump_args(wildcards):
+    s = STORES[wildcards.store]
+    args = f"--views {q(s['views'])} --seed {s.get('seed', 0)} --dtype {s.get('dtype', 'float16')} --batch-size {s.get('batch_size', 256)}"
+    if s.get("max_gb") is not None:
+        args += f" --max-gb {s['max_gb']}"
+    return f"{dataset_args()} {args} {runtime_args()}"
+
+
+def student_inputs(wildcards):
+    store = STUDENTS[wildcards.name].get("store")
+    return [f"cache/logits/{store}.json"] if store else []
+
+
+def student_args(wildcards):
+    s = STUDENTS[wildcards.name]
+    args = [f"--arch {q(s['arch'])} --loss {s['loss']} --seed {s.get('seed', 0)}", recipe_args(s.get("recipe")),
+            runtime_args(s.get("amp"))]
+    for key, value in (s.get("loss_options") or {}).items():
+        flag = key.replace("_", "-")
+        args.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
+    if s.get("store"):  # the store names its dataset; only where the data lives is local
+        args.append(f"--logits cache/logits/{s['store']}.zarr --data-root {q(config.get('data_root', 'data'))}")
+    else:
+        args.append(dataset_args())
+    return " ".join(args)
+
+
+rule all:
+    input:
+        expand("students/{name}", name=STUDENTS),
+        "reports/summary.md",
+
+
+rule teacher:
+    """Train a teacher with cross-entropy (resumable in teachers/NAME.run/), or import weights."""
+    output:
+        "teachers/{teacher}.pt",
+    log:
+        "logs/teacher/{teacher}.log",
+    params:
+        cmd=teacher_command,
+    threads: THREADS["teacher"]
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {RLD} {params.cmd} --out {output} > {log} 2>&1"
+
+
+rule dump_shard:
+    """One shard of a store. The marker, not the store, is the output: a failed or killed
+    shard keeps its finished write units, and the rerun computes only the rest."""
+    input:
+        teacher=lambda wc: f"teachers/{STORES[wc.store]['teacher']}.pt",
+    output:
+        touch("cache/logits/{store}.shards/{shard}-of-{shards}.done"),
+    log:
+        "logs/dump/{store}.{shard}-of-{shards}.log",
+    params:
+        args=dump_args,
+    threads: THREADS["dump"]
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {RLD} dump --teacher {input.teacher} {params.args} "
+        "--shard {wildcards.shard}/{wildcards.shards} --quiet --out cache/logits/{wildcards.store}.zarr > {log} 2>&1"
+
+
+rule store_manifest:
+    """The store is complete when every shard is: record its inspection as the manifest."""
+    input:
+        lambda wc: store_shards(wc.store),
+    output:
+        "cache/logits/{store}.json",
+    log:
+        "logs/dump/{store}.manifest.log",
+    shell:
+        "{RLD} inspect cache/logits/{wildcards.store}.zarr --json --require-complete > {output} 2> {log}"
+
+
+rule student:
+    """Train in students/.work/NAME (checkpoints survive a failed job), then move into place."""
+    input:
+        student_inputs,
+    output:
+        directory("students/{name}"),
+    log:
+        "logs/student/{name}.log",
+    params:
+        args=student_args,
+        work="students/.work/{name}",
+    threads: THREADS["student"]
+    resources:
+        gpu=GPUS,
+    shell:
+        "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --quiet --out {params.work} > {log} 2>&1 "
+        "&& mv {params.work} {output}"
+
+
+rule report:
+    input:
+        expand("students/{name}", name=STUDENTS),
+    output:
+        "reports/summary.md",
+        "reports/summary.csv",
+        "reports/accuracy.png",
+    log:
+        "logs/report.log",
+    shell:
+        "{RLD} report {input} --out reports > {log} 2>&1"

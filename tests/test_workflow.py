@@ -1,0 +1,142 @@
+"""The Snakemake workflow end to end on tiny data: targets, store reuse, config errors, kills."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli
+from pipeline.store import LogitStore
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "dataset": SYNTH,
+    "amp": "off",
+    "threads": 1,
+    "recipe": {"epochs": 2, "batch_size": 32, "milestones": []},
+    "teachers": {"t8": {"arch": "resnet8", "recipe": {"epochs": 1}}},
+    "stores": {"t8-pe": {"teacher": "t8", "views": "per-epoch:2", "dtype": "float32", "shards": 2}},
+    "students": {
+        "a": {"arch": "resnet8", "loss": "rld", "store": "t8-pe", "loss_options": {"warmup": 1}},
+        "b": {"arch": "resnet8", "loss": "ce", "store": "t8-pe"},
+        "c": {"arch": "resnet8", "loss": "kd", "store": "t8-pe", "seed": 1},
+    },
+}
+
+
+def workdir(tmp_path: Path, config: dict) -> Path:
+    """A copy of the workflow's layout (Snakefile + config/) with `config` as the default."""
+    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "schema.yaml", tmp_path / "config" / "schema.yaml")
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def snakemake(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **SUBPROCESS_ENV}, timeout=900)
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted((cwd / "logs").rglob("*.log")))
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n{logs}")
+    return proc
+
+
+def planned_jobs(cwd: Path, target: str) -> dict[str, int]:
+    """The rules a dry run would execute for `target`, with their counts."""
+    out = snakemake(cwd, "--quiet", "rules", "--dry-run", target).stdout
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m[1] != "total"}
+
+
+def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
+    wd = workdir(tmp_path, TINY)
+    assert planned_jobs(wd, "students/a") == {"teacher": 1, "dump_shard": 2, "store_manifest": 1, "student": 1}
+    snakemake(wd, "--cores", "2", "students/a")
+
+    summary = json.loads((wd / "students/a/summary.json").read_text())
+    assert summary["loss"] == "rld" and summary["epochs"] == 2 and summary["final"]["top1"] >= 0
+    assert {"metrics.csv", "metrics.json", "curves.png", "final.pt"} <= {p.name for p in (wd / "students/a").iterdir()}
+    store = LogitStore.open(wd / "cache/logits/t8-pe.zarr")
+    assert store.complete and summary["signal"]["store_id"] == store.id
+    manifest = json.loads((wd / "cache/logits/t8-pe.json").read_text())
+    assert manifest["completeness"]["complete"] is True
+    assert (wd / "logs/teacher/t8.log").exists() and (wd / "logs/dump/t8-pe.1-of-2.log").exists()
+    assert not (wd / "students/.work/a").exists()
+
+    # A second student of the same teacher reuses the store: no teacher, no dump.
+    assert planned_jobs(wd, "students/b") == {"student": 1}
+    store_mtime = (wd / "cache/logits/t8-pe.json").stat().st_mtime
+    snakemake(wd, "--cores", "2")
+    assert (wd / "cache/logits/t8-pe.json").stat().st_mtime == store_mtime
+    table = (wd / "reports/summary.md").read_text()
+    for name in "abc":
+        assert re.search(rf"^\| {name} \| resnet8 \(\d+\.\d\d\) \| resnet8 \|", table, re.M), table
+    rows = (wd / "reports/summary.csv").read_text().splitlines()
+    assert rows[0].startswith("name,teacher,teacher_top1,arch,loss") and len(rows) == 4
+    assert (wd / "reports/accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    rerun = snakemake(wd, "--cores", "2")
+    assert "Nothing to be done" in rerun.stdout + rerun.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["students"]["a"].update(lossx="rld"), "'lossx' was unexpected"),
+        (lambda c: c["stores"]["t8-pe"].update(views="every"), "'every' does not match"),
+        (lambda c: c["students"]["a"].update(store="nope"), "students.a.store 'nope' is not one of stores"),
+        (lambda c: c["students"]["a"]["loss_options"].update(betta=2), "'betta' was unexpected"),
+    ],
+)
+def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, message):
+    config = json.loads(json.dumps(TINY))
+    change(config)
+    proc = snakemake(workdir(tmp_path, config), "--dry-run", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_killed_dump_keeps_its_finished_units_and_the_rerun_completes(tmp_path, teacher_file):
+    config = {**TINY, "teachers": {"t8": {"arch": "resnet8", "weights": str(teacher_file)}},
+              "stores": {"big": {"teacher": "t8", "views": "per-epoch:6", "dtype": "float32", "shards": 1,
+                                 "batch_size": 8}}}
+    config["students"] = {"a": {"arch": "resnet8", "loss": "rld", "store": "big"}}
+    wd = workdir(tmp_path, config)
+    snakemake(wd, "--cores", "1", "teachers/t8.pt")
+    store_path = wd / "cache/logits/big.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "cache/logits/big.json"], cwd=wd,
+                            env={**os.environ, **SUBPROCESS_ENV}, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((store_path / "done" / "c").glob("*/*")):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    partial = LogitStore.open(store_path)
+    done_before = len(partial.units()) - len(partial.pending())
+    assert 0 < done_before < len(partial.units()), "the kill should land mid-dump"
+
+    snakemake(wd, "--unlock")
+    snakemake(wd, "--cores", "1", "cache/logits/big.json")
+    log = (wd / "logs/dump/big.0-of-1.log").read_text()
+    written = int(re.search(r"wrote (\d+) units", log)[1])
+    assert written == len(partial.units()) - done_before  # only the missing units were computed
+
+    # ... and the store equals an uninterrupted dump of the same teacher and views.
+    cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--views", "per-epoch:6", "--dtype", "float32",
+        "--batch-size", "8", "--quiet", "--out", str(tmp_path / "whole.zarr"))
+    a, b = LogitStore.open(store_path), LogitStore.open(tmp_path / "whole.zarr")
+    for name in ("logits", "views", "input_crc", "eval/logits"):
+        assert np.array_equal(a.group[name][:], b.group[name][:]), name
