@@ -101,7 +101,9 @@ def store_shards(store):
 
 def dump_args(wildcards):
     s = STORES[wildcards.store]
-    args = f"--views {q(s['views'])} --seed {s.get('seed', 0)} --dtype {s.get('dtype', 'float16')} --batch-size {s.get('batch_size', 256)}"
+    args = f"--views {q(s['views'])} --seed {s.get('seed', 0)} --dtype {s.get('dtype', 'float16')}"
+    if s.get("batch_size"):
+        args += f" --batch-size {s['batch_size']}"
     if s.get("max_gb") is not None:
         args += f" --max-gb {s['max_gb']}"
     return f"{dataset_args()} {args} {runtime_args()}"

@@ -14,6 +14,7 @@ deterministic, for tests). Options ride in the name as `name:key=value,...`, e.g
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import inspect
@@ -369,10 +370,25 @@ def to_model_input(
     uint8 travels to the device (4x fewer bytes than float) and is normalised there.
     """
     x = views.to(device, non_blocking=True).float().div_(255)
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m, s = _constants(tuple(mean), tuple(std), x.device)
     x = x.sub_(m).div_(s)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@functools.lru_cache(maxsize=16)
+def _constants(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Made once per device: a fresh small host-to-GPU copy each batch would stall the GPU."""
+    shape = (1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32).view(shape).to(device),
+            torch.tensor(std, dtype=torch.float32).view(shape).to(device))
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small host array on `device` without stalling a GPU (through pinned memory)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
 
 
 def load_splits(

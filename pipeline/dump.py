@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,10 +20,10 @@ from tqdm import tqdm
 
 from pipeline.data import ImageSet
 from pipeline.inference import forward_batches
-from pipeline.runtime import code_version
+from pipeline.runtime import code_version, resolve_workers
 from pipeline.store import Layout, LogitStore, Unit, create_or_open, plan_layout, store_id
 from pipeline.teacher import Teacher
-from pipeline.views import ViewSpec, batch_indices, view_loader
+from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
 
 class NonFiniteLogits(RuntimeError):
@@ -79,17 +81,22 @@ def dump(
     *,
     dtype: str = "float16",
     shard: tuple[int, int] = (0, 1),
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: torch.device = torch.device("cpu"),
     amp: str = "off",
     channels_last: bool = True,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     chunk_samples: int | None = None,
     progress: bool = True,
     after_unit: Callable[[Unit], None] | None = None,
 ) -> DumpResult:
-    """Fill shard `shard` = (I, N) of the store at `path`, creating it if needed."""
+    """Fill shard `shard` = (I, N) of the store at `path`, creating it if needed.
+
+    `batch_size` None: 512 on CUDA, 64 on CPU (bigger CPU batches are slower).
+    """
     check_compatible(teacher, train)
+    batch_size = batch_size or (512 if device.type == "cuda" else 64)
+    num_workers = resolve_workers(num_workers, device)
     layout = layout_for(train, test, spec, dtype, chunk_samples)
     provenance = build_provenance(teacher, train, test, spec, dtype=dtype, amp=amp)
     store = create_or_open(path, provenance, layout, train.labels, test.labels)
@@ -97,52 +104,81 @@ def dump(
     pending = store.pending(shard)
 
     # One stream of batches over all pending units; a batch never straddles two units.
-    items, owners = [], []
+    requests, owners = [], []
     for unit in pending:
         a, b = layout.eval_range(unit.chunk) if unit.is_eval else layout.chunk_range(unit.chunk)
         for idx in batch_indices(b - a, batch_size):
             idx = idx + a
-            items.append((idx, None if unit.is_eval else spec.params(idx, unit.slot)))
+            requests.append(ViewRequest(test, idx, None) if unit.is_eval else ViewRequest(train, idx, spec.params(idx, unit.slot)))
             owners.append(unit)
 
     model = teacher.model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    total_views = sum(len(idx) for idx, _ in items)
+    total_views = sum(len(r.indices) for r in requests)
     bar = tqdm(total=total_views, unit="view", unit_scale=True, disable=not progress, desc=f"dump {store.path.name}", smoothing=0.05)
-    written = 0
-    # Train and test views come from different image sets: run each group as its own stream.
-    for group_is_eval in (True, False):
-        group = [i for i, unit in enumerate(owners) if unit.is_eval == group_is_eval]
-        if not group:
-            continue
-        images = test if group_is_eval else train
-        loader = view_loader(images, spec.family, [items[i] for i in group], num_workers=num_workers, pin_memory=device.type == "cuda")
-        buffers: dict[Unit, list] = {}
-        for pos, (logits, indices, crc) in zip(group, forward_batches(model, loader, images, device=device, amp=amp, channels_last=channels_last)):
+    loader = view_loader(spec.family, requests, num_workers=num_workers, pin_memory=device.type == "cuda")
+    batches = forward_batches(model, loader, train.mean, train.std, device=device, amp=amp, channels_last=channels_last)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+    with _UnitWriter(store, after_unit) as writer:
+        for pos, (logits, indices, crc) in enumerate(batches):
             unit = owners[pos]
             _check_finite(logits, indices, unit)
-            buffers.setdefault(unit, []).append((logits.numpy(), crc.numpy(), items[pos][1]))
+            parts.append((logits, crc, requests[pos].params))
             bar.update(len(indices))
-            if pos + 1 == len(owners) or owners[pos + 1] != unit:
-                parts = buffers.pop(unit)
+            if pos + 1 == len(owners) or owners[pos + 1] != unit:  # the unit's last batch
                 block = np.concatenate([p[0] for p in parts])
                 if unit.is_eval:
-                    store.write_unit(unit, block)
+                    writer.submit(unit, block)
                 else:
-                    store.write_unit(unit, block, views=np.concatenate([p[2] for p in parts]),
-                                     input_crc=np.concatenate([p[1] for p in parts]))
-                written += 1
-                if after_unit is not None:
-                    after_unit(unit)
+                    writer.submit(unit, block, views=np.concatenate([p[2] for p in parts]),
+                                  input_crc=np.concatenate([p[1] for p in parts]))
+                parts = []
     bar.close()
     complete = store.mark_complete_if_done()
-    return DumpResult(store, written, total_views, complete)
+    return DumpResult(store, writer.written, total_views, complete)
 
 
-def _check_finite(logits: torch.Tensor, indices: torch.Tensor, unit: Unit) -> None:
-    finite = torch.isfinite(logits).all(1)
-    if not bool(finite.all()):
-        row = int((~finite).nonzero()[0])
+class _UnitWriter:
+    """Writes finished units in a background thread so the teacher keeps computing.
+
+    At most `depth` units wait in memory; `after_unit` runs (in the caller's thread) once a
+    unit is durable. On an error the running write finishes and queued ones are dropped:
+    their markers were never set, so a rerun redoes them.
+    """
+
+    def __init__(self, store: LogitStore, after_unit: Callable[[Unit], None] | None, depth: int = 2):
+        self.store, self.after_unit, self.depth = store, after_unit, depth
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self.queue: deque[tuple[Unit, Future]] = deque()
+        self.written = 0
+
+    def submit(self, unit: Unit, logits: np.ndarray, **arrays: np.ndarray) -> None:
+        self.queue.append((unit, self.pool.submit(self.store.write_unit, unit, logits, **arrays)))
+        self._settle(self.depth)
+
+    def _settle(self, limit: int) -> None:
+        while len(self.queue) > limit:
+            unit, future = self.queue.popleft()
+            future.result()
+            self.written += 1
+            if self.after_unit is not None:
+                self.after_unit(unit)
+
+    def __enter__(self) -> "_UnitWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        try:
+            if exc_type is None:
+                self._settle(0)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_finite(logits: np.ndarray, indices: np.ndarray, unit: Unit) -> None:
+    finite = np.isfinite(logits).all(1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
         where = f"test sample {int(indices[row])}" if unit.is_eval else f"sample {int(indices[row])}, view slot {unit.slot}"
         raise NonFiniteLogits(f"the teacher produced non-finite logits for {where}; nothing of that unit was written")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from pipeline.data import ImageSet, to_model_input
 from pipeline.runtime import autocast
-from pipeline.views import CropFlip, ResizedCropFlip, ViewFamily, batch_indices, view_loader
+from pipeline.views import CropFlip, ResizedCropFlip, ViewFamily, ViewRequest, batch_indices, view_loader
 
 
 def default_family(images: ImageSet) -> ViewFamily:
@@ -24,20 +24,30 @@ def default_family(images: ImageSet) -> ViewFamily:
 def forward_batches(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
-    images: ImageSet,
+    mean: Sequence[float],
+    std: Sequence[float],
     *,
     device: torch.device,
     amp: str = "off",
     channels_last: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (float32 logits on CPU, sample indices, crc32 of each view) per batch, in eval mode."""
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (float32 logits, sample indices, crc32 of each view) per batch, in eval mode.
+
+    Batch k's logits are fetched only after batch k+1 is queued, so an accelerator never
+    waits for the host between batches.
+    """
     model.eval()
+    pending = None
     with torch.inference_mode():
         for views, _labels, indices, crc in loader:
-            x = to_model_input(views, images.mean, images.std, device=device, channels_last=channels_last)
+            x = to_model_input(views, mean, std, device=device, channels_last=channels_last)
             with autocast(device, amp):
-                logits = model(x)
-            yield logits.float().cpu(), indices, crc
+                logits = model(x).float()
+            if pending is not None:
+                yield pending[0].cpu().numpy(), pending[1], pending[2]
+            pending = (logits, indices, crc)
+        if pending is not None:
+            yield pending[0].cpu().numpy(), pending[1], pending[2]
 
 
 def predict_test(
@@ -52,8 +62,10 @@ def predict_test(
     num_workers: int = 0,
 ) -> np.ndarray:
     """Logits [M, C] float32 of the un-augmented test views."""
-    loader = view_loader(images, family, [(idx, None) for idx in batch_indices(len(images), batch_size)], num_workers=num_workers)
-    parts = [logits.numpy() for logits, _, _ in forward_batches(model, loader, images, device=device, amp=amp, channels_last=channels_last)]
+    requests = [ViewRequest(images, idx, None) for idx in batch_indices(len(images), batch_size)]
+    loader = view_loader(family, requests, num_workers=num_workers)
+    batches = forward_batches(model, loader, images.mean, images.std, device=device, amp=amp, channels_last=channels_last)
+    parts = [logits for logits, _, _ in batches]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import random
 import subprocess
 from pathlib import Path
@@ -23,6 +24,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """None means: feed a GPU from up to 8 worker processes; on CPU the main process is faster.
+
+    On a CPU box the workers would take cores from the model itself.
+    """
+    if workers is not None:
+        return workers
+    return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

@@ -163,13 +163,19 @@ def plan_layout(
 ) -> Layout:
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    per_chunk = chunk_samples or max(256, CHUNK_BYTES // (classes * np.dtype(dtype).itemsize) // 256 * 256)
-    eval_per_chunk = chunk_samples or max(256, CHUNK_BYTES // (classes * 4) // 256 * 256)
     return Layout(
         slots=slots, samples=samples, classes=classes, param_count=param_count, param_dtype=param_dtype,
-        dtype=dtype, chunk_samples=min(per_chunk, samples), eval_samples=eval_samples,
-        eval_chunk_samples=max(1, min(eval_per_chunk, eval_samples)),
+        dtype=dtype, chunk_samples=chunk_samples or _even_chunks(samples, classes * np.dtype(dtype).itemsize),
+        eval_samples=eval_samples,
+        eval_chunk_samples=chunk_samples or _even_chunks(eval_samples, classes * 4),
     )
+
+
+def _even_chunks(samples: int, row_bytes: int) -> int:
+    """Rows per chunk: at most ~CHUNK_BYTES, split evenly. Zarr stores an edge chunk at full
+    size, so 50,000 rows in 20,736-row chunks would store 62,208."""
+    count = -(-samples * row_bytes // CHUNK_BYTES)
+    return max(1, -(-samples // max(count, 1)))
 
 
 @dataclass(frozen=True, order=True)

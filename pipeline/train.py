@@ -30,14 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import models
-from pipeline.data import ImageSet, to_model_input
+from pipeline.data import ImageSet, to_device, to_model_input
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.inference import predict_test, topk_accuracy
 from pipeline.losses import make_objective
-from pipeline.runtime import autocast, code_version, resolve_amp, resolve_device
+from pipeline.runtime import autocast, code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import Teacher
-from pipeline.views import ViewSpec, batch_indices, view_loader
+from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
 # Options that change how fast a run goes but not what it computes: a run may resume with others.
 RUNTIME_ONLY = ("num_workers", "eval_batch_size")
@@ -61,7 +61,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None  # None: up to 8 on CUDA, 0 on CPU
     eval_batch_size: int = 256
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,10 +135,13 @@ class StoreSignal(ViewsOnly):
 
     def plan(self, epoch: int, seed: int, num_samples: int) -> EpochPlan:
         views, logits, crc = self.store.gather(self.spec.slots_for_epoch(epoch, num_samples, seed))
+        finite = np.isfinite(logits).all(1)
+        if not finite.all():
+            raise StoreError(f"{self.store.path}: non-finite teacher logits for sample {int(np.flatnonzero(~finite)[0])} at epoch {epoch + 1}")
         return EpochPlan(views, torch.from_numpy(logits), crc)
 
     def batch_logits(self, plan: EpochPlan, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        return plan.logits[indices].to(x.device, non_blocking=True).float()
+        return plan.logits[indices].float()
 
     def test_logits(self, test: ImageSet, device: torch.device) -> np.ndarray | None:
         return self.store.eval_logits()[0]
@@ -200,6 +203,9 @@ def train(
     if objective.needs_teacher and signal.kind == "none":
         raise ValueError(f"loss {cfg.loss!r} needs a teacher: give a logit store or an online teacher")
     device = resolve_device(cfg.device)
+    # Per-step value checks cost a host sync each step on a GPU; there, cached logits are
+    # checked once per epoch and the epoch's loss is checked for NaN instead.
+    objective = objective.replace(validate=device.type == "cpu")
     amp = resolve_amp(cfg.amp, device)
     world = init_world(device.type)
     if device.type == "cuda" and world.distributed:
@@ -226,6 +232,7 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # fp16 gradients underflow unscaled
 
     history: list[dict[str, Any]] = []
     best = {"top1": -1.0, "epoch": 0}
@@ -238,6 +245,7 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
             raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what}); pass --force to start over")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt.get("scaler", {}))
         history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
         torch.set_rng_state(ckpt["torch_rng"])
     if world.is_main:
@@ -250,6 +258,8 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    labels_on_device = torch.from_numpy(train_set.labels).to(device)
+    workers = resolve_workers(cfg.num_workers, device)
     teacher_test = signal.test_logits(test_set, device) if world.is_main else None
     teacher_test_acc = topk_accuracy(teacher_test, test_set.labels) if teacher_test is not None else {}
     family, n = signal.spec.family, len(train_set)
@@ -260,6 +270,8 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
     try:
         for epoch in range(start_epoch, cfg.epochs):
             plan = future.result()
+            if plan.logits is not None:
+                plan.logits = plan.logits.to(device)  # one copy per epoch, then gathers on the device
             if epoch + 1 < cfg.epochs:
                 future = prefetch.submit(signal.plan, epoch + 1, cfg.seed, n)
             lr = learning_rate(cfg, epoch + 1)
@@ -268,20 +280,21 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
 
             global_batches = batch_indices(n, cfg.batch_size, epoch_order(cfg.seed, epoch, n))
             mine = [rank_slice(b, world) for b in global_batches]
-            loader = view_loader(train_set, family, [(idx, plan.params[idx]) for idx in mine],
-                                 num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+            loader = view_loader(family, [ViewRequest(train_set, idx, plan.params[idx]) for idx in mine],
+                                 num_workers=workers, pin_memory=device.type == "cuda")
             net.train()
             totals: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), device=device)
             start = time.perf_counter()
-            for step, (views, labels, idx, crc) in enumerate(loader):
-                if step == 0 and plan.crc is not None and not np.array_equal(crc.numpy(), plan.crc[idx.numpy()].astype(np.int64)):
+            for step, (views, _labels, idx, crc) in enumerate(loader):
+                if step == 0 and plan.crc is not None and not np.array_equal(crc, plan.crc[idx].astype(np.int64)):
                     raise StoreError(
                         "the views this run builds differ from the ones the teacher saw (input crc32 mismatch): "
                         "the dataset or view code changed since the store was written"
                     )
                 x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
-                y = labels.to(device, non_blocking=True)
+                idx = to_device(idx, device)
+                y = labels_on_device[idx]
                 teacher_logits = signal.batch_logits(plan, x, idx)
                 with autocast(device, amp):
                     student_logits = net(x)
@@ -290,8 +303,9 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
                 # gradient average is exactly the global-batch mean.
                 share = len(idx) * world.size / len(global_batches[step])
                 optimizer.zero_grad(set_to_none=True)
-                (terms["total"] * share).backward()
-                optimizer.step()
+                scaler.scale(terms["total"] * share).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 for key, value in terms.items():
                     totals[key] = totals.get(key, 0) + value.detach() * len(idx)
                 if on_step is not None:
@@ -301,6 +315,8 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
             sums = all_sum(torch.stack([*totals.values(), correct.float()]).cpu())
+            if not torch.isfinite(sums).all():
+                raise RuntimeError(f"non-finite training loss in epoch {epoch + 1} ({', '.join(totals)}: {sums[:-1].tolist()})")
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
             row.update({f"loss_{k}": float(v) / n for k, v in zip(totals, sums[:-1])})
             row["train_top1"] = 100.0 * float(sums[-1]) / n
@@ -320,6 +336,7 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
                     _save_student(out / "best.pt", model, cfg, train_set, family, acc, signal, epoch + 1)
                 _atomic_torch_save(
                     {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scaler": scaler.state_dict(),
                      "history": history, "best": best, "config": resolved, "signal": signal.describe(),
                      "torch_rng": torch.get_rng_state()},
                     ckpt_path,

@@ -12,7 +12,7 @@ from pipeline.data import ImageSet
 from pipeline.inference import forward_batches
 from pipeline.store import LogitStore
 from pipeline.teacher import Teacher
-from pipeline.views import ViewSpec, batch_indices, view_loader
+from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
 
 def default_tolerance(store: LogitStore) -> float:
@@ -62,12 +62,11 @@ def verify_store(
         params = store.read_views(int(slot))[rows]
         stored = store.read_logits(int(slot))[rows].astype(np.float32)
         stored_crc = store.read_checks(int(slot))[1][rows]
-        items = [(rows[b], params[b]) for b in batch_indices(len(rows), batch_size)]
-        loader = view_loader(train, spec.family, items)
+        loader = view_loader(spec.family, [ViewRequest(train, rows[b], params[b]) for b in batch_indices(len(rows), batch_size)])
         fresh_parts, crc_parts = [], []
-        for logits, _, crc in forward_batches(model, loader, train, device=device, amp=amp):
-            fresh_parts.append(logits.numpy())
-            crc_parts.append(crc.numpy())
+        for logits, _, crc in forward_batches(model, loader, train.mean, train.std, device=device, amp=amp):
+            fresh_parts.append(logits)
+            crc_parts.append(crc)
         fresh = np.concatenate(fresh_parts)
         mismatches += int((np.concatenate(crc_parts) != stored_crc.astype(np.int64)).sum())
         deltas.append(np.abs(fresh - stored).max(1))

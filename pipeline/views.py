@@ -28,7 +28,7 @@ import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -329,36 +329,46 @@ class ViewSpec:
 # Batches of views for a DataLoader
 
 
-class ViewBatches(torch.utils.data.Dataset):
-    """Item b is one batch: (uint8 views [B, C, S, S], labels [B], indices [B], crc32 [B]).
+class ViewRequest(NamedTuple):
+    """One batch to build: which images, and their view parameters (None: the test view)."""
 
-    `batches` holds (sample indices, their view parameters [B, k]), or None for the
-    un-augmented test view. Whole batches are made in one call, in DataLoader workers when
-    there are any, so an in-memory set gathers and crops a batch with one indexing
-    operation. The crc32 of each view lets a store record, and a reader check, exactly
-    which input the teacher saw.
+    images: Any
+    indices: np.ndarray
+    params: np.ndarray | None
+
+
+class ViewBatches(torch.utils.data.Dataset):
+    """Item b builds request b: (uint8 views [B, C, S, S], then int64 arrays labels, indices, crc32).
+
+    Whole batches are made in one call, in DataLoader workers when there are any, so an
+    in-memory set gathers and crops a batch with one indexing operation. The crc32 of each
+    view lets a store record, and a reader check, exactly which input the teacher saw.
     """
 
-    def __init__(self, images: Any, family: ViewFamily, batches: Sequence[tuple[np.ndarray, np.ndarray | None]]):
-        self.images, self.family, self.batches = images, family, list(batches)
+    def __init__(self, family: ViewFamily, requests: Sequence[ViewRequest]):
+        self.family, self.requests = family, list(requests)
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.requests)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        idx, params = self.batches[b]
-        if self.images.fixed_size:
-            images = self.images.batch(idx)
-            views = self.family.test_batch(images) if params is None else self.family.apply_batch(images, params)
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+        images, idx, params = self.requests[b]
+        if images.fixed_size:
+            batch = images.batch(idx)
+            views = self.family.test_batch(batch) if params is None else self.family.apply_batch(batch, params)
         else:
-            images = [self.images.image(int(i)) for i in idx]
             views = torch.stack(
-                [self.family.test_view(img) if params is None else self.family.apply(img, p)
-                 for img, p in zip(images, params if params is not None else [None] * len(images))]
+                [self.family.test_view(images.image(int(i))) if params is None else self.family.apply(images.image(int(i)), p)
+                 for i, p in zip(idx, params if params is not None else [None] * len(idx))]
             )
-        crc = torch.tensor([zlib.crc32(v.numpy().tobytes()) for v in views.contiguous()], dtype=torch.int64)
-        labels = torch.from_numpy(self.images.labels[idx])
-        return views, labels, torch.from_numpy(np.asarray(idx, dtype=np.int64)), crc
+        views = views.contiguous()
+        crc = np.fromiter((zlib.crc32(v) for v in views.numpy()), dtype=np.int64, count=len(views))
+        return views, images.labels[idx], np.asarray(idx, dtype=np.int64), crc
+
+
+def _as_is(batch: Any) -> Any:
+    """Keep the small arrays as numpy: each tensor a worker returns costs a file descriptor."""
+    return batch
 
 
 def batch_indices(num_samples: int, batch_size: int, order: np.ndarray | None = None, drop_last: bool = False) -> list[np.ndarray]:
@@ -368,18 +378,18 @@ def batch_indices(num_samples: int, batch_size: int, order: np.ndarray | None = 
 
 
 def view_loader(
-    images: Any,
     family: ViewFamily,
-    batches: Sequence[tuple[np.ndarray, np.ndarray | None]],
+    requests: Sequence[ViewRequest],
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over whole batches of views (see `ViewBatches`), in the given order."""
     return torch.utils.data.DataLoader(
-        ViewBatches(images, family, batches),
+        ViewBatches(family, requests),
         batch_size=None,
         shuffle=False,
+        collate_fn=_as_is,
         num_workers=num_workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if num_workers else None,

@@ -37,7 +37,8 @@ def runtime_options(default_channels_last: bool = True) -> Decorator:
         click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
                      help="Autocast: auto = bf16 on CUDA, off on CPU."),
         click.option("--channels-last/--no-channels-last", default=default_channels_last, show_default=True),
-        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader worker processes."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader worker processes building views (default: up to 8 on CUDA, 0 on CPU)."),
     )
 
 

@@ -20,7 +20,7 @@ from stages._options import dataset_options, fail, runtime_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed the views are drawn from (ignored by exhaustive).")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float16", show_default=True)
 @click.option("--shard", default="0/1", show_default=True, help="I/N: fill only shard I of N (N processes can share one store).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Views per teacher batch (default 512 on CUDA, 64 on CPU).")
 @click.option("--chunk-samples", type=click.IntRange(min=1), default=None, help="Samples per chunk (default: ~4 MiB of logits).")
 @click.option("--max-gb", type=float, default=None, help="Refuse a store predicted to be larger than this.")
 @runtime_options()

@@ -93,9 +93,11 @@ def test_interrupted_dump_resumes_to_the_same_store(tmp_path, teacher, synth):
     with pytest.raises(KeyboardInterrupt):
         dump(teacher, train, test, spec, tmp_path / "killed.zarr", after_unit=die_after_three, **kwargs)
     partial = LogitStore.open(tmp_path / "killed.zarr")
-    assert not partial.complete and len(partial.pending()) == len(partial.units()) - 3
+    missing = len(partial.pending())
+    # Three units were durable when it died; the background writer may have finished one more.
+    assert not partial.complete and len(partial.units()) - missing in (3, 4)
     resumed = dump(teacher, train, test, spec, tmp_path / "killed.zarr", **kwargs)
-    assert resumed.complete and resumed.units_written == len(partial.units()) - 3
+    assert resumed.complete and resumed.units_written == missing
     assert_same_store(tmp_path / "whole.zarr", tmp_path / "killed.zarr")
 
 

@@ -63,10 +63,14 @@ def fill(store: LogitStore, units=None) -> None:
 
 def test_layout_chunks_units_and_predicted_size():
     assert LAYOUT.chunks == 3 and LAYOUT.chunk_range(2) == (8, 10) and LAYOUT.eval_chunks == 2
-    # CIFAR-100 fp16: ~4 MiB chunks of whole 256-sample runs; ImageNet: 1000 classes.
+    # CIFAR-100 fp16: chunks of at most 4 MiB, split evenly (zarr pads a short edge chunk).
     cifar = plan_layout(slots=240, samples=50_000, classes=100, param_count=3, param_dtype="int16",
                         dtype="float16", eval_samples=10_000)
-    assert cifar.chunk_samples % 256 == 0 and 3.5e6 < cifar.chunk_samples * 100 * 2 <= 4 * 2**20
+    assert cifar.chunks == 3 and cifar.chunk_samples == 16_667 and cifar.chunk_samples * 200 <= 4 * 2**20
+    assert cifar.eval_chunks == 1 and cifar.eval_chunk_samples == 10_000
+    imagenet = plan_layout(slots=100, samples=1_281_167, classes=1000, param_count=5, param_dtype="float32",
+                           dtype="float16", eval_samples=50_000)
+    assert imagenet.chunk_samples * 2000 <= 4 * 2**20 and imagenet.chunks * imagenet.chunk_samples - 1_281_167 < imagenet.chunks
     assert cifar.view_bytes == 100 * 2 + 3 * 2 + 8
     assert cifar.predicted_bytes == 240 * 50_000 * cifar.view_bytes + 10_000 * 100 * 4 + 60_000 * 8
     with pytest.raises(ValueError, match="dtype"):

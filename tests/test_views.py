@@ -12,6 +12,7 @@ from pipeline.data import load_dataset
 from pipeline.views import (
     CropFlip,
     ResizedCropFlip,
+    ViewRequest,
     ViewSpec,
     batch_indices,
     hash_bits,
@@ -86,9 +87,9 @@ def test_loader_gives_same_bits_with_workers_batch_size_and_order(images):
     params = ViewSpec(family, "per-epoch", 2, seed=1).params(np.arange(64), 1)
 
     def collect(batch_size: int, order: np.ndarray, workers: int) -> dict[int, torch.Tensor]:
-        items = [(idx, params[idx]) for idx in batch_indices(64, batch_size, order)]
+        requests = [ViewRequest(images, idx, params[idx]) for idx in batch_indices(64, batch_size, order)]
         out = {}
-        for views, _, idx, crc in view_loader(images, family, items, num_workers=workers):
+        for views, _, idx, crc in view_loader(family, requests, num_workers=workers):
             out.update({int(i): v for i, v in zip(idx, views)})
         return out
 
