@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,3 +191,15 @@ def test_verify_accepts_a_faithful_store_and_catches_tampering(tmp_path, teacher
     store.group["logits"][2, 0:16] = store.group["logits"][2, 0:16] + 0.5
     bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "64")
     assert bad.exit_code == 1 and "FAILED" in bad.stdout
+
+
+def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
+    store = str(tmp_path / "s.zarr")
+    dumped = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", store)
+    assert dumped.exit_code == 0 and "complete" in dumped.stdout
+    report = json.loads(cli("inspect", store, "--json", "--require-complete").stdout)
+    assert report["completeness"]["complete"] is True
+    # The test-split accuracy inspect computes from the store is the teacher's own.
+    assert report["test_split"]["top1_pct"] == pytest.approx(teacher.accuracy["top1"])
+    verified = cli("verify", store, "--teacher", str(teacher_file), "--samples", "32", "--json")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
