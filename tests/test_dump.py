@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import SUBPROCESS_ENV, SYNTH, cli, rld
-from pipeline.data import load_splits, to_model_input
+from pipeline.data import to_model_input
 from pipeline.dump import NonFiniteLogits, dump
 from pipeline.store import LogitStore, ProvenanceMismatch
 from pipeline.views import ViewSpec

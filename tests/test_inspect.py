@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import pipeline.inspect as inspect_module
 from pipeline.inspect import _CheckedArray, _chunk_keys, inspect_store
-from pipeline.store import LogitStore, StoreError, Unit, create_or_open, plan_layout
+from pipeline.store import LogitStore, StoreError, create_or_open, plan_layout
 from stages.cli import main
 
 CLASSES = 8

@@ -7,7 +7,6 @@ import json
 import statistics
 from pathlib import Path
 
-import pytest
 
 from conftest import cli
 
