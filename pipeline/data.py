@@ -141,6 +141,11 @@ class ImageSet:
         options = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
         return f"{self.name}:{options}" if options else self.name
 
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """The constants the model input is normalised with (part of a store's identity)."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
     def describe(self) -> dict[str, Any]:
         """The provenance record a logit store and a student compare."""
         return {

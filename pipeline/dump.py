@@ -38,7 +38,7 @@ def build_provenance(
         "teacher": teacher.describe(),
         "dataset": {**train.describe(), "classes": list(train.classes)},
         "eval_dataset": test.describe(),
-        "normalization": {"mean": list(train.mean), "std": list(train.std)},
+        "normalization": train.normalization,
         "views": spec.to_dict(),
         "dtype": dtype,
         "inference": {"amp": amp},

@@ -384,7 +384,7 @@ class LogitStore:
             rows = np.flatnonzero(slots == slot)
             views[rows] = self.read_views(int(slot))[rows]
             logits[rows] = self.read_logits(int(slot))[rows]
-            crc[rows] = self.read_checks(int(slot))[1][rows]
+            crc[rows] = self._read("input_crc", (int(slot),), f"of slot {slot}")[rows]
         return views, logits, crc
 
     def nbytes_on_disk(self) -> int:

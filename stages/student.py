@@ -129,12 +129,8 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
 
 def _check_store(store: LogitStore, train_set, test_set, augment: str | None, teacher_path: str | None) -> None:  # noqa: ANN001
     """Refuse a store that was made from other data, views or teacher than requested."""
-    expected = {
-        "dataset": {"name": train_set.name, "subset": train_set.subset, "size": len(train_set),
-                    "num_classes": train_set.num_classes, "fingerprint": train_set.fingerprint},
-        "eval_dataset": {"fingerprint": test_set.fingerprint},
-        "normalization": {"mean": list(train_set.mean), "std": list(train_set.std)},
-    }
+    expected = {"dataset": train_set.describe(), "eval_dataset": test_set.describe(),
+                "normalization": train_set.normalization}
     if augment:
         expected["views"] = {"family": parse_family(augment).to_dict()}
     if teacher_path:
