@@ -146,8 +146,8 @@ class ImageSet:
         """The constants the model input is normalised with (part of a store's identity)."""
         return {"mean": list(self.mean), "std": list(self.std)}
 
-    def describe(self) -> dict[str, Any]:
-        """The provenance record a logit store and a student compare."""
+    def describe(self, *, class_names: bool = False) -> dict[str, Any]:
+        """The provenance record a logit store and a student compare (names optional: long)."""
         return {
             "name": self.name,
             "spec": self.spec,
@@ -156,6 +156,7 @@ class ImageSet:
             "num_classes": self.num_classes,
             "subset": self.subset,
             "fingerprint": self.fingerprint,
+            **({"classes": list(self.classes)} if class_names else {}),
         }
 
 

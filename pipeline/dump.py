@@ -36,7 +36,7 @@ def build_provenance(
     """What a store records about where its logits came from (see DESIGN.md)."""
     provenance = {
         "teacher": teacher.describe(),
-        "dataset": {**train.describe(), "classes": list(train.classes)},
+        "dataset": train.describe(class_names=True),
         "eval_dataset": test.describe(),
         "normalization": train.normalization,
         "views": spec.to_dict(),

@@ -245,6 +245,11 @@ class LogitStore:
         return {k: v for k, v in self.attrs.items() if k not in ("format", "layout", "complete", "completed")}
 
     @property
+    def amp(self) -> str:
+        """The autocast the teacher ran under ("off": float32 logits)."""
+        return self.attrs.get("inference", {}).get("amp", "off")
+
+    @property
     def id(self) -> str:
         return self.attrs["store_id"]
 
@@ -356,12 +361,9 @@ class LogitStore:
             out[a:b] = self._read("logits", (slot, slice(a, b)), f"chunk (slot {slot}, samples {a}-{b - 1})")
         return out
 
-    def read_views(self, slot: int) -> np.ndarray:
-        return self._read("views", (slot,), f"of slot {slot}")
-
-    def read_checks(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
-        """(argmax [N], input_crc [N]) of one slot."""
-        return self._read("argmax", (slot,), f"of slot {slot}"), self._read("input_crc", (slot,), f"of slot {slot}")
+    def read_slot(self, name: str, slot: int) -> np.ndarray:
+        """One slot of a per-view array other than logits: "views", "argmax" or "input_crc"."""
+        return self._read(name, (slot,), f"of slot {slot}")
 
     def labels(self) -> np.ndarray:
         return self._read("labels", (slice(None),), "")
@@ -382,9 +384,9 @@ class LogitStore:
         crc = np.empty(lay.samples, dtype=np.uint32)
         for slot in np.unique(slots):
             rows = np.flatnonzero(slots == slot)
-            views[rows] = self.read_views(int(slot))[rows]
+            views[rows] = self.read_slot("views", int(slot))[rows]
             logits[rows] = self.read_logits(int(slot))[rows]
-            crc[rows] = self._read("input_crc", (int(slot),), f"of slot {slot}")[rows]
+            crc[rows] = self.read_slot("input_crc", int(slot))[rows]
         return views, logits, crc
 
     def nbytes_on_disk(self) -> int:

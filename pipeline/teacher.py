@@ -140,7 +140,7 @@ def import_teacher(
     models.load_weights(model, weights, arch=arch)
     teacher = Teacher(
         arch=arch, num_classes=train.num_classes, in_channels=train.in_channels, model=model.eval(),
-        dataset={**train.describe(), "classes": list(train.classes)}, family=family.to_dict(),
+        dataset=train.describe(class_names=True), family=family.to_dict(),
         accuracy={}, source=f"imported from {Path(weights).name}",
     )
     teacher.accuracy = evaluate_teacher(teacher, test, family, device=device, amp=amp)

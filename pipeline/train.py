@@ -391,7 +391,7 @@ def _save_student(path: Path, model: nn.Module, cfg: TrainConfig, train_set: Ima
     source = f"trained with loss {cfg.loss}" + (f" from store {what['store_id']}" if "store_id" in what else "")
     Teacher(
         arch=cfg.arch, num_classes=train_set.num_classes, in_channels=train_set.in_channels, model=model,
-        dataset={**train_set.describe(), "classes": list(train_set.classes)}, family=family.to_dict(),
+        dataset=train_set.describe(class_names=True), family=family.to_dict(),
         accuracy=accuracy, source=source, extra={"epoch": epoch, "config": cfg.to_dict()},
     ).save(path)
 

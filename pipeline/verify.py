@@ -17,7 +17,7 @@ from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
 def default_tolerance(store: LogitStore) -> float:
     """Max |delta logit| a faithful store can show: fp16 rounding, or a bf16 teacher."""
-    if store.attrs.get("inference", {}).get("amp", "off") != "off":
+    if store.amp != "off":
         return 0.25
     return 2e-2 if store.layout.dtype == "float16" else 1e-3
 
@@ -53,15 +53,15 @@ def verify_store(
     slots, indices = np.divmod(np.sort(picks), lay.samples)
 
     deltas, agree, mismatches = [], 0, 0
-    amp = store.attrs.get("inference", {}).get("amp", "off")
+    amp = store.amp
     if device.type == "cpu" and amp == "fp16":  # CPU autocast has no fp16; compare in float32
         amp = "off"
     model = teacher.model.to(device)
     for slot in np.unique(slots):
         rows = indices[slots == slot]
-        params = store.read_views(int(slot))[rows]
+        params = store.read_slot("views", int(slot))[rows]
         stored = store.read_logits(int(slot))[rows].astype(np.float32)
-        stored_crc = store.read_checks(int(slot))[1][rows]
+        stored_crc = store.read_slot("input_crc", int(slot))[rows]
         loader = view_loader(spec.family, [ViewRequest(train, rows[b], params[b]) for b in batch_indices(len(rows), batch_size)])
         fresh_parts, crc_parts = [], []
         for logits, _, crc in forward_batches(model, loader, train.mean, train.std, device=device, amp=amp):

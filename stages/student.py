@@ -113,7 +113,7 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             teacher = load_teacher(online_teacher)
             if store is not None:
                 store.check({"teacher": {"weights_sha256": teacher.weights_sha256}})
-            signal = OnlineSignal(teacher, spec, amp=store.attrs["inference"]["amp"] if store else "off", channels_last=channels_last)
+            signal = OnlineSignal(teacher, spec, amp=store.amp if store else "off", channels_last=channels_last)
         elif store is not None:
             signal = StoreSignal(store)
         else:

@@ -48,10 +48,10 @@ def test_per_epoch_store_holds_the_teachers_logits_of_each_epochs_views(tmp_path
     assert store.attrs["complete"] and store.labels().tolist() == train.labels.tolist()
     for slot in range(3):
         params = spec.params(np.arange(len(train)), slot)
-        assert np.array_equal(store.read_views(slot), params)
+        assert np.array_equal(store.read_slot("views", slot), params)
         expected = teacher_logits(teacher, train, spec.family, np.arange(len(train)), params)
         np.testing.assert_allclose(store.read_logits(slot), expected, rtol=1e-5, atol=1e-5)
-        assert np.array_equal(store.read_checks(slot)[0], expected.argmax(1))
+        assert np.array_equal(store.read_slot("argmax", slot), expected.argmax(1))
     eval_logits, eval_labels = store.eval_logits()
     test_views = spec.family.test_batch(test.images)
     with torch.no_grad():
@@ -72,7 +72,7 @@ def test_pool_and_exhaustive_replay_their_views(tmp_path, teacher, synth, policy
     store = LogitStore.open(tmp_path / "s.zarr")
     assert store.layout.slots == spec.num_slots and store.layout.dtype == "float16"
     for slot in (0, spec.num_slots - 1):
-        params = store.read_views(slot)
+        params = store.read_slot("views", slot)
         if policy == "exhaustive":
             assert (params == spec.family.enumerate()[slot]).all()
         assert np.array_equal(params, spec.params(np.arange(8), slot))

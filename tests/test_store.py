@@ -89,7 +89,7 @@ def test_write_read_round_trip_and_completion(tmp_path):
     assert reopened.attrs["complete"] is True
     logits = reopened.read_logits(1)
     assert logits.shape == (10, 5) and logits[7, 2] == 7 + 100 + 2
-    assert reopened.read_checks(1)[0].tolist() == [4] * 10  # argmax of an increasing row
+    assert reopened.read_slot("argmax", 1).tolist() == [4] * 10  # argmax of an increasing row
     views, gathered, crc = reopened.gather(np.array([0, 1] * 5))
     assert views[:, 0].tolist() == [0, 1] * 5 and gathered[3, 0] == 3 + 100 and crc.tolist() == list(range(10))
     eval_logits, eval_labels = reopened.eval_logits()
