@@ -238,7 +238,7 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
     best = {"top1": -1.0, "epoch": 0}
     start_epoch = 0
     if ckpt_path.exists() and not overwrite:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         differs = [k for k in resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != resolved[k]]
         if differs or ckpt["signal"] != signal.describe():
             what = ", ".join(differs) or "teacher signal (store, teacher or views)"
