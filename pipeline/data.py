@@ -37,7 +37,8 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+ValSplit = int | float  # samples per class (int >= 1), or a fraction of each class (0 < f < 1)
 
 
 class DatasetError(RuntimeError):
@@ -62,6 +63,7 @@ class ImageSet:
     files: list[str] | None = None
     resize: int | None = None
     subset: int | None = None
+    val_split: ValSplit | None = None
     options: dict[str, Any] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False)
 
@@ -105,14 +107,16 @@ class ImageSet:
             raise ValueError(f"{self.name} images vary in size; use image(i) per sample")
         return torch.stack([self.image(int(i)) for i in indices])
 
-    def select(self, indices: np.ndarray, subset: int | None) -> "ImageSet":
+    def select(self, indices: np.ndarray, subset: int | None = None, *, split: str | None = None,
+               val_split: ValSplit | None = None) -> "ImageSet":
+        """The samples at `indices`, recording how they were chosen."""
         indices = np.asarray(indices, dtype=np.int64)
         return ImageSet(
-            name=self.name, split=self.split, labels=self.labels[indices], classes=self.classes,
+            name=self.name, split=split or self.split, labels=self.labels[indices], classes=self.classes,
             mean=self.mean, std=self.std,
             images=None if self.images is None else self.images[torch.from_numpy(indices)],
             files=None if self.files is None else [self.files[i] for i in indices],
-            resize=self.resize, subset=subset, options=self.options,
+            resize=self.resize, subset=subset, val_split=val_split, options=self.options,
         )
 
     @property
@@ -155,6 +159,7 @@ class ImageSet:
             "size": len(self),
             "num_classes": self.num_classes,
             "subset": self.subset,
+            "val_split": self.val_split,
             "fingerprint": self.fingerprint,
             **({"classes": list(self.classes)} if class_names else {}),
         }
@@ -182,9 +187,15 @@ def load_dataset(
     *,
     root: str | os.PathLike | None = None,
     subset: int | None = None,
+    val_split: ValSplit | None = None,
     download: bool = True,
 ) -> ImageSet:
-    """Load a split by name; `subset` keeps the first N samples of each class (in order)."""
+    """Load a split by name; `subset` keeps the first N samples of each class (in order).
+
+    `val_split` holds out the LAST samples of each class of the training split (N per
+    class, or a fraction): split "val" is them, split "train" the rest, so the first-N
+    `subset` a student trains on is the same with or without a validation split.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     name, options = parse_dataset_spec(spec)
@@ -195,11 +206,18 @@ def load_dataset(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"dataset {name!r} has no option {unknown[0]!r}; its options: {accepted or 'none'}")
+    if split == "val" and val_split is None:
+        raise ValueError("split 'val' needs val_split (samples per class, or a fraction of each class)")
     root_path = Path(root or os.environ.get(DEFAULT_ROOT_ENV, "data")).expanduser()
-    data = loader(split, root_path, download=download, **options)
+    data = loader("test" if split == "test" else "train", root_path, download=download, **options)
     data.options = options
+    if val_split is not None and split != "test":
+        held_out = last_per_class(data.labels, val_split)
+        if split == "val":
+            return data.select(held_out, split="val", val_split=val_split)
+        data = data.select(np.setdiff1d(np.arange(len(data)), held_out), val_split=val_split)
     if subset is not None:
-        data = data.select(first_per_class(data.labels, subset), subset)
+        data = data.select(first_per_class(data.labels, subset), subset=subset, val_split=val_split)
     return data
 
 
@@ -212,6 +230,37 @@ def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     for c in np.unique(labels):
         keep[np.flatnonzero(labels == c)[:per_class]] = True
     return np.flatnonzero(keep)
+
+
+def parse_val_split(value: str | float | int | None) -> ValSplit | None:
+    """'100' -> 100 samples per class; '0.1' -> 10% of each class; None/'' -> no validation split."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"val_split must be samples per class (e.g. 100) or a fraction (e.g. 0.1), got {value!r}") from None
+    if number.is_integer() and number >= 1:
+        return int(number)
+    if 0 < number < 1:
+        return number
+    raise ValueError(f"val_split must be an integer >= 1 (per class) or a fraction in (0, 1), got {value!r}")
+
+
+def last_per_class(labels: np.ndarray, val_split: ValSplit) -> np.ndarray:
+    """Indices of the last samples of every class: `val_split` of them, or that fraction (rounded)."""
+    labels = np.asarray(labels)
+    held: list[np.ndarray] = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        count = val_split if isinstance(val_split, int) else int(round(val_split * len(rows)))
+        if not 1 <= count < len(rows):
+            raise ValueError(
+                f"val_split {val_split} holds out {count} of the {len(rows)} training samples of class {c}; "
+                "it must leave at least one sample for validation and one for training"
+            )
+        held.append(rows[-count:])
+    return np.sort(np.concatenate(held))
 
 
 def _load_cifar(split: str, root: Path, *, download: bool, classes: int) -> ImageSet:
@@ -399,10 +448,14 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def load_splits(
     spec: str, *, root: str | os.PathLike | None = None, subset: int | None = None,
-    test_subset: int | None = None, download: bool = True,
+    test_subset: int | None = None, val_split: ValSplit | None = None, download: bool = True,
 ) -> tuple[ImageSet, ImageSet]:
-    """(train, test) of one dataset; subsets keep the first N samples of each class."""
-    train = load_dataset(spec, "train", root=root, subset=subset, download=download)
+    """(train, test) of one dataset; subsets keep the first N samples of each class.
+
+    With `val_split` the training set excludes the validation samples; load those with
+    `load_dataset(spec, "val", val_split=...)`.
+    """
+    train = load_dataset(spec, "train", root=root, subset=subset, val_split=val_split, download=download)
     test = load_dataset(spec, "test", root=root, subset=test_subset, download=download)
     if train.classes != test.classes:
         raise DatasetError(f"{spec}: train and test splits name different classes")

@@ -56,6 +56,7 @@ IDENTITY_FIELDS = (
     "dataset.size",
     "dataset.num_classes",
     "dataset.subset",
+    "dataset.val_split",
     "dataset.fingerprint",
     "eval_dataset.fingerprint",
     "normalization.mean",

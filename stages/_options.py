@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import click
 
+from pipeline.data import parse_val_split
 from pipeline.runtime import AMP_CHOICES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -27,6 +28,9 @@ def dataset_options(required: bool = True) -> Decorator:
                      help="Where datasets live (default ./data, or $RLD_DATA_ROOT)."),
         click.option("--subset", type=click.IntRange(min=1), default=None, help="Keep the first N training samples of each class."),
         click.option("--test-subset", type=click.IntRange(min=1), default=None, help="Keep the first N test samples of each class."),
+        click.option("--val-split", callback=_val_split, default=None,
+                     help="Hold out the last N training samples of each class (or a fraction, e.g. 0.1) for "
+                          "validation: students select best.pt on it; the test split only reports."),
         click.option("--augment", default=None, help="View family: crop[:size=32,padding=4] | resized-crop[:size=224]; default by dataset."),
     )
 
@@ -40,6 +44,13 @@ def runtime_options(default_channels_last: bool = True) -> Decorator:
         click.option("--workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader worker processes building views (default: up to 8 on CUDA, 0 on CPU)."),
     )
+
+
+def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> int | float | None:
+    try:
+        return parse_val_split(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 def fail(err: Exception) -> click.ClickException:

@@ -26,7 +26,7 @@ from stages._options import dataset_options, fail, runtime_options
 @runtime_options()
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store path, e.g. cache/logits/NAME.zarr")
-def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, augment, views, seed, dtype, shard, batch_size,
+def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, val_split, augment, views, seed, dtype, shard, batch_size,
              chunk_samples, max_gb, device, amp, channels_last, workers, quiet, out) -> None:  # noqa: ANN001
     """Fill (or resume) a logit store: raw teacher logits of every view, plus test logits.
 
@@ -35,7 +35,8 @@ def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, augment, vie
     try:
         shard_index = parse_shard(shard)
         teacher = load_teacher(teacher_path)
-        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset)
+        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
+                                          val_split=val_split)
         family = parse_family(augment) if augment else family_from_dict(teacher.family) if teacher.family else None
         if family is None:
             raise ValueError(f"{teacher_path} records no view family; pass --augment")

@@ -28,7 +28,8 @@ def verify_cmd(store_path, teacher_path, samples, seed, tolerance, data_root, de
     try:
         store = LogitStore.open(store_path)
         ds = store.attrs["dataset"]
-        train_set = load_dataset(ds.get("spec", ds["name"]), "train", root=data_root, subset=ds.get("subset"))
+        train_set = load_dataset(ds.get("spec", ds["name"]), "train", root=data_root, subset=ds.get("subset"),
+                                 val_split=ds.get("val_split"))
         report = verify_store(store, load_teacher(teacher_path), train_set, samples=samples, seed=seed,
                               device=resolve_device(device), tolerance=tolerance)
     except (ValueError, RuntimeError, FileNotFoundError) as err:

@@ -16,6 +16,7 @@ from pipeline.data import (
     first_per_class,
     load_dataset,
     load_splits,
+    parse_val_split,
     to_model_input,
 )
 
@@ -126,3 +127,25 @@ def test_bad_names_and_options():
         load_dataset("synthetic:classes")
     with pytest.raises(ValueError, match="split must be one of"):
         load_dataset("synthetic", "validation")
+
+
+def test_a_validation_split_holds_out_the_last_samples_of_each_class():
+    spec = "synthetic:classes=3,train=60,test=9"
+    full = load_dataset(spec, "train")
+    val = load_dataset(spec, "val", val_split=4)
+    train = load_dataset(spec, "train", val_split=4)
+    assert len(val) == 12 and len(train) == 48 and np.bincount(val.labels).tolist() == [4, 4, 4]
+    for c in range(3):  # the last 4 of each class, in dataset order
+        rows = np.flatnonzero(full.labels == c)[-4:]
+        assert torch.equal(val.images[val.labels == c], full.images[rows])
+    pixels = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in pixels for img in val.images)
+    # A first-N subset is the same with or without a validation split, and records both.
+    sub, sub_val = load_dataset(spec, "train", subset=5), load_dataset(spec, "train", subset=5, val_split=4)
+    assert torch.equal(sub.images, sub_val.images) and sub_val.describe()["val_split"] == 4
+    assert sub.describe()["val_split"] is None
+    assert np.bincount(load_dataset(spec, "val", val_split=0.25).labels).tolist() == [5, 5, 5]
+    with pytest.raises(ValueError, match="leave at least one sample"):
+        load_dataset(spec, "val", val_split=20)
+    with pytest.raises(ValueError, match="fraction in"):
+        parse_val_split("1.5")
