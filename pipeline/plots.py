@@ -21,10 +21,13 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, *, title
             ax_loss.plot(epochs, [row[key] for row in history], label=key[5:])
     ax_loss.set(xlabel="epoch", ylabel="loss (train mean)", yscale="log")
     ax_loss.legend()
-    for key, label in (("train_top1", "train top-1"), ("test_top1", "test top-1"), ("test_top5", "test top-5"),
-                       ("teacher_agreement", "agreement with teacher")):
-        if history and key in history[0]:
-            ax_acc.plot(epochs, [row[key] for row in history], label=label)
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("test_top1", "test top-1"),
+                       ("test_top5", "test top-5"), ("teacher_agreement", "agreement with teacher")):
+        points = [(row["epoch"], row[key]) for row in history if key in row]
+        if len(points) > 1:  # with a validation split the test split is only measured at the end
+            ax_acc.plot(*zip(*points), label=label)
+        elif points:
+            ax_acc.plot(*points[0], "o", label=label)
     ax_acc.set(xlabel="epoch", ylabel="%")
     ax_acc.legend()
     ax_lr.plot(epochs, [row["lr"] for row in history])
@@ -79,20 +82,43 @@ def plot_store_report(report: dict[str, Any], path: Path) -> None:
 
 
 def plot_student_comparison(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Test top-1 per epoch of every student, with each teacher's accuracy as a dashed line."""
+    """Top-1 per epoch of every student on the split it was monitored on (validation when it
+    has one, else test), with each teacher's test accuracy as a dashed line."""
     fig, ax = plt.subplots(figsize=(8, 5))
     teachers: dict[str, float] = {}
+    splits = set()
     for run in runs:
         history = run["history"]
-        ax.plot([r["epoch"] for r in history], [r["test_top1"] for r in history], label=f"{run['name']} ({run['loss']})")
+        key = "val_top1" if "val_top1" in history[0] else "test_top1"
+        splits.add(key[:-5])
+        points = [(r["epoch"], r[key]) for r in history if key in r]
+        ax.plot(*zip(*points), label=f"{run['name']} ({run['loss']})")
         top1 = run.get("teacher_test", {}).get("top1")
         if top1 is not None:
             teachers[run["signal"]["teacher"]["arch"]] = top1
     for name, top1 in teachers.items():
         ax.axhline(top1, linestyle="--", color="gray")
-        ax.annotate(f"teacher {name}: {top1:.2f}", (0, top1), textcoords="offset points", xytext=(4, 4), color="gray")
-    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title="Students")
-    ax.legend(fontsize="small")
+        ax.annotate(f"teacher {name} (test): {top1:.2f}", (0, top1), textcoords="offset points", xytext=(4, 4), color="gray")
+    ax.set(xlabel="epoch", ylabel=" / ".join(sorted(splits)) + " top-1 (%)", title="Students")
+    ax.legend(fontsize="small" if len(runs) <= 12 else "xx-small", ncol=1 if len(runs) <= 12 else 2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_paired_differences(groups: Sequence[dict[str, Any]], path: Path) -> None:
+    """Test top-1 minus the same-seed CE student's, per seed (dots) and mean ± std (bar), per group."""
+    shown = [g for g in groups if g["pairs"]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(shown) + 2), 4.5))
+    for i, g in enumerate(shown):
+        ax.bar(i, g["delta_vs_ce"], yerr=g["delta_vs_ce_std"], capsize=4, alpha=0.35 if not g["chosen"] else 0.7,
+               color="tab:blue")
+        ax.plot([i] * len(g["deltas"]), g["deltas"], "o", color="black", markersize=4)
+    ax.axhline(0, color="gray", linewidth=1)
+    ax.set_xticks(range(len(shown)), [f"{g['loss']}\n{g['options'].replace(' ', chr(10))}" if g["loss"] in ("dkd", "rld")
+                                       else g["loss"] for g in shown], fontsize="x-small")
+    ax.set(ylabel="test top-1 minus CE of the same seed (points)",
+           title="Paired difference to CE (dots: seeds; dark bars: chosen on validation)" if shown else "no CE pairs")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

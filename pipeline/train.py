@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from pipeline.inference import predict_test, topk_accuracy
 from pipeline.losses import make_objective
 from pipeline.runtime import autocast, code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.store import LogitStore, StoreError
-from pipeline.teacher import Teacher
+from pipeline.teacher import Teacher, load_teacher
 from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
 # Options that change how fast a run goes but not what it computes: a run may resume with others.
@@ -188,12 +189,23 @@ def train(
     signal: ViewsOnly,
     out_dir: str | os.PathLike,
     *,
+    val_set: ImageSet | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    restart_stale: bool = False,
     stop_after: int | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a student in `out_dir`; returns the summary written there.
+
+    A checkpoint in `out_dir` of a *different* run (other config, data or teacher signal) is
+    refused, unless `restart_stale`, which discards it and starts over (for a workflow that
+    owns the folder and reruns a job because its config changed).
+
+    Model selection is honest: with a `val_set` (held out of the training split) every
+    epoch is evaluated on it and `best.pt` is the epoch with the best validation top-1; the
+    test split is evaluated once, at the end, for the final and the best weights. Without
+    one, every epoch is evaluated on the test split for the curves and nothing is selected.
 
     `stop_after` returns after that many epochs of this call, as a kill between epochs
     would; `on_step(epoch, step, terms)` sees every step's loss terms (for parity checks).
@@ -212,19 +224,47 @@ def train(
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     try:
-        return _train(cfg, objective, train_set, test_set, signal, out, device, amp, world, progress, overwrite,
-                      stop_after, on_step)
+        run = _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,
+                     restart_stale)
+        finished = _run_epochs(run, train_set, test_set, val_set, signal, progress, stop_after, on_step)
+        if not finished:
+            return {"stopped_after_epoch": run.epoch}
+        return _finish(run, train_set, test_set, val_set, signal) if world.is_main else {}
     finally:
         close_world(world)
 
 
-def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world: World, progress, overwrite,  # noqa: ANN001, ANN202
-           stop_after, on_step):
-    summary_path, ckpt_path = out / "summary.json", out / "checkpoint.pt"
-    if summary_path.exists() and not overwrite:
+@dataclass
+class _Run:
+    """Everything one run carries from epoch to epoch (and through a checkpoint)."""
+
+    cfg: TrainConfig
+    objective: Any
+    resolved: dict[str, Any]
+    out: Path
+    device: torch.device
+    amp: str
+    world: World
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    epoch: int = 0  # epochs finished
+    teacher_test: np.ndarray | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+
+def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,  # noqa: ANN001
+           restart_stale) -> _Run:
+    """Build the model and optimizer, resume from a checkpoint of the same run, write config.json."""
+    if (out / "summary.json").exists() and not overwrite:
         raise RunExists(f"{out} already holds a finished run (summary.json); pass --force to train it again")
     resolved = {**cfg.to_dict(), "loss_options": dict(objective.params)}
-
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.arch, train_set.num_classes, in_channels=train_set.in_channels)
     if world.distributed:
@@ -233,150 +273,214 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
     model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # fp16 gradients underflow unscaled
-
-    history: list[dict[str, Any]] = []
-    best = {"top1": -1.0, "epoch": 0}
-    start_epoch = 0
-    if ckpt_path.exists() and not overwrite:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        differs = [k for k in resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != resolved[k]]
-        if differs or ckpt["signal"] != signal.describe():
-            what = ", ".join(differs) or "teacher signal (store, teacher or views)"
-            raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what}); pass --force to start over")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt.get("scaler", {}))
-        history, best, start_epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
-        torch.set_rng_state(ckpt["torch_rng"])
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", {"config": resolved, "signal": signal.describe(), "dataset": train_set.describe(),
-                                          "test_dataset": test_set.describe(), "world_size": world.size,
-                                          "code_version": code_version()})
-
     net: nn.Module = model
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler)
 
-    labels_on_device = torch.from_numpy(train_set.labels).to(device)
-    workers = resolve_workers(cfg.num_workers, device)
-    teacher_test = signal.test_logits(test_set, device) if world.is_main else None
-    teacher_test_acc = topk_accuracy(teacher_test, test_set.labels) if teacher_test is not None else {}
-    family, n = signal.spec.family, len(train_set)
+    datasets = {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
+                "test_dataset": test_set.describe()}
+    if run.checkpoint_path.exists() and not overwrite:
+        ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+        differs = [k for k in resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != resolved[k]]
+        differs += [k for k in datasets if ckpt.get("datasets", {}).get(k) != datasets[k]]
+        if differs or ckpt["signal"] != signal.describe():
+            what = ", ".join(differs) or "teacher signal (store, teacher or views)"
+            if not restart_stale:
+                raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what}); pass --force to start over")
+            print(f"{out}: discarding the checkpoint of a different run (differs in: {what})", file=sys.stderr)
+        else:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt.get("scaler", {}))
+            run.history, run.best, run.epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
+            torch.set_rng_state(ckpt["torch_rng"])
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / "config.json", {"config": resolved, "signal": signal.describe(), **datasets,
+                                          "world_size": world.size, "code_version": code_version()})
+        run.teacher_test = signal.test_logits(test_set, device)
+    return run
+
+
+def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None, signal: ViewsOnly,
+                progress: bool, stop_after: int | None, on_step: Callable | None) -> bool:
+    """Train from `run.epoch` to the end (True), or until `stop_after` epochs of this call (False).
+
+    The next epoch's plan (slots, view parameters, cached logits) is read in a background
+    thread while this epoch trains.
+    """
+    cfg, world, n = run.cfg, run.world, len(train_set)
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-plan")
-    future = prefetch.submit(signal.plan, start_epoch, cfg.seed, n) if start_epoch < cfg.epochs else None
-    bar = tqdm(total=cfg.epochs, initial=start_epoch, unit="epoch", disable=not (progress and world.is_main), desc=out.name)
+    future = prefetch.submit(signal.plan, run.epoch, cfg.seed, n) if run.epoch < cfg.epochs else None
+    bar = tqdm(total=cfg.epochs, initial=run.epoch, unit="epoch", disable=not (progress and world.is_main), desc=run.out.name)
     epochs_this_call = 0
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        while run.epoch < cfg.epochs:
             plan = future.result()
-            if plan.logits is not None:
-                plan.logits = plan.logits.to(device)  # one copy per epoch, then gathers on the device
-            if epoch + 1 < cfg.epochs:
-                future = prefetch.submit(signal.plan, epoch + 1, cfg.seed, n)
-            lr = learning_rate(cfg, epoch + 1)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-
-            global_batches = batch_indices(n, cfg.batch_size, epoch_order(cfg.seed, epoch, n))
-            mine = [rank_slice(b, world) for b in global_batches]
-            loader = view_loader(family, [ViewRequest(train_set, idx, plan.params[idx]) for idx in mine],
-                                 num_workers=workers, pin_memory=device.type == "cuda")
-            net.train()
-            totals: dict[str, torch.Tensor] = {}
-            correct = torch.zeros((), device=device)
-            start = time.perf_counter()
-            for step, (views, _labels, idx, crc) in enumerate(loader):
-                if step == 0 and plan.crc is not None and not np.array_equal(crc, plan.crc[idx].astype(np.int64)):
-                    raise StoreError(
-                        "the views this run builds differ from the ones the teacher saw (input crc32 mismatch): "
-                        "the dataset or view code changed since the store was written"
-                    )
-                x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
-                idx = to_device(idx, device)
-                y = labels_on_device[idx]
-                teacher_logits = signal.batch_logits(plan, x, idx)
-                with autocast(device, amp):
-                    student_logits = net(x)
-                terms = objective(student_logits.float(), teacher_logits, y, epoch + 1)
-                # Each rank's mean is scaled by its share of the global batch, so DDP's
-                # gradient average is exactly the global-batch mean.
-                share = len(idx) * world.size / len(global_batches[step])
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(terms["total"] * share).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                for key, value in terms.items():
-                    totals[key] = totals.get(key, 0) + value.detach() * len(idx)
-                if on_step is not None:
-                    on_step(epoch + 1, step, {k: float(v.detach()) for k, v in terms.items()})
-                correct += (student_logits.argmax(1) == y).sum()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            sums = all_sum(torch.stack([*totals.values(), correct.float()]).cpu())
-            if not torch.isfinite(sums).all():
-                raise RuntimeError(f"non-finite training loss in epoch {epoch + 1} ({', '.join(totals)}: {sums[:-1].tolist()})")
-            row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-            row.update({f"loss_{k}": float(v) / n for k, v in zip(totals, sums[:-1])})
-            row["train_top1"] = 100.0 * float(sums[-1]) / n
-            row["images_per_s"] = n / seconds
-            row["epoch_seconds"] = seconds
-
+            if run.epoch + 1 < cfg.epochs:
+                future = prefetch.submit(signal.plan, run.epoch + 1, cfg.seed, n)
+            row = _train_epoch(run, plan, train_set, signal, on_step)
+            run.epoch += 1
             if world.is_main:
-                test_logits = predict_test(model, test_set, family, device=device, batch_size=cfg.eval_batch_size,
-                                           amp=amp, channels_last=cfg.channels_last)
-                acc = topk_accuracy(test_logits, test_set.labels)
-                row.update({"test_top1": acc["top1"], "test_top5": acc["top5"]})
-                if teacher_test is not None:
-                    row["teacher_agreement"] = 100.0 * float((test_logits.argmax(1) == teacher_test.argmax(1)).mean())
-                history.append(row)
-                if acc["top1"] > best["top1"]:
-                    best = {"top1": acc["top1"], "top5": acc["top5"], "epoch": epoch + 1}
-                    _save_student(out / "best.pt", model, cfg, train_set, family, acc, signal, epoch + 1)
-                _atomic_torch_save(
-                    {"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scaler": scaler.state_dict(),
-                     "history": history, "best": best, "config": resolved, "signal": signal.describe(),
-                     "torch_rng": torch.get_rng_state()},
-                    ckpt_path,
-                )
-                bar.set_postfix(loss=f"{row['loss_total']:.3f}", test_top1=f"{acc['top1']:.2f}", img_s=f"{row['images_per_s']:.0f}")
+                row.update(_evaluate_epoch(run, train_set, test_set, val_set, signal))
+                run.history.append(row)
+                _save_checkpoint(run, signal, train_set, test_set, val_set)
+                monitor = "val_top1" if val_set is not None else "test_top1"
+                bar.set_postfix(loss=f"{row['loss_total']:.3f}", **{monitor: f"{row[monitor]:.2f}"},
+                                img_s=f"{row['images_per_s']:.0f}")
             bar.update()
             world.barrier()
             epochs_this_call += 1
-            if stop_after is not None and epochs_this_call >= stop_after and epoch + 1 < cfg.epochs:
-                return {"stopped_after_epoch": epoch + 1}
+            if stop_after is not None and epochs_this_call >= stop_after and run.epoch < cfg.epochs:
+                return False
     finally:
         bar.close()
         prefetch.shutdown(wait=True, cancel_futures=True)
+    return True
 
-    summary: dict[str, Any] = {}
-    if world.is_main:
-        final_acc = {"top1": history[-1]["test_top1"], "top5": history[-1]["test_top5"]}
-        _save_student(out / "final.pt", model, cfg, train_set, family, final_acc, signal, cfg.epochs)
-        summary = {
-            "name": out.name,
-            "arch": cfg.arch,
-            "loss": cfg.loss,
-            "loss_options": dict(objective.params),
-            "seed": cfg.seed,
-            "epochs": cfg.epochs,
-            "signal": signal.describe(),
-            "dataset": train_set.describe(),
-            "teacher_test": teacher_test_acc,
-            "final": {**final_acc, **({"teacher_agreement": history[-1]["teacher_agreement"]} if teacher_test is not None else {})},
-            "best": best,
-            "images_per_s": float(np.mean([r["images_per_s"] for r in history])),
-            "train_seconds": float(sum(r["epoch_seconds"] for r in history)),
-            "world_size": world.size,
-            "device": str(device),
-            "amp": amp,
-            "code_version": code_version(),
-        }
-        write_metrics(out, history)
-        _write_json(summary_path, summary)
-        ckpt_path.unlink(missing_ok=True)
+
+def _train_epoch(run: _Run, plan: EpochPlan, train_set: ImageSet, signal: ViewsOnly,
+                 on_step: Callable | None) -> dict[str, Any]:
+    """One pass over the training set; returns the epoch's row of metrics (losses, train top-1, speed)."""
+    cfg, device, world, epoch = run.cfg, run.device, run.world, run.epoch
+    n = len(train_set)
+    if plan.logits is not None:
+        plan.logits = plan.logits.to(device)  # one copy per epoch, then gathers on the device
+    lr = learning_rate(cfg, epoch + 1)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+
+    global_batches = batch_indices(n, cfg.batch_size, epoch_order(cfg.seed, epoch, n))
+    mine = [rank_slice(b, world) for b in global_batches]
+    loader = view_loader(signal.spec.family, [ViewRequest(train_set, idx, plan.params[idx]) for idx in mine],
+                         num_workers=resolve_workers(cfg.num_workers, device), pin_memory=device.type == "cuda")
+    labels = torch.from_numpy(train_set.labels).to(device)
+    run.net.train()
+    totals: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    start = time.perf_counter()
+    for step, (views, _labels, idx, crc) in enumerate(loader):
+        if step == 0 and plan.crc is not None and not np.array_equal(crc, plan.crc[idx].astype(np.int64)):
+            raise StoreError(
+                "the views this run builds differ from the ones the teacher saw (input crc32 mismatch): "
+                "the dataset or view code changed since the store was written"
+            )
+        x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
+        idx = to_device(idx, device)
+        y = labels[idx]
+        teacher_logits = signal.batch_logits(plan, x, idx)
+        with autocast(device, run.amp):
+            student_logits = run.net(x)
+        terms = run.objective(student_logits.float(), teacher_logits, y, epoch + 1)
+        # Each rank's mean is scaled by its share of the global batch, so DDP's
+        # gradient average is exactly the global-batch mean.
+        share = len(idx) * world.size / len(global_batches[step])
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(terms["total"] * share).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0) + value.detach() * len(idx)
+        if on_step is not None:
+            on_step(epoch + 1, step, {k: float(v.detach()) for k, v in terms.items()})
+        correct += (student_logits.argmax(1) == y).sum()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    sums = all_sum(torch.stack([*totals.values(), correct.float()]).cpu())
+    if not torch.isfinite(sums).all():
+        raise RuntimeError(f"non-finite training loss in epoch {epoch + 1} ({', '.join(totals)}: {sums[:-1].tolist()})")
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
+    row.update({f"loss_{k}": float(v) / n for k, v in zip(totals, sums[:-1])})
+    row["train_top1"] = 100.0 * float(sums[-1]) / n
+    row["images_per_s"] = n / seconds
+    row["epoch_seconds"] = seconds
+    return row
+
+
+def _evaluate(run: _Run, images: ImageSet, family: Any, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
+    """{prefix_top1, prefix_top5} of `model` (default: the run's) on the un-augmented views of `images`;
+    on the test split also the agreement with the teacher."""
+    logits = predict_test(model or run.model, images, family, device=run.device, batch_size=run.cfg.eval_batch_size,
+                          amp=run.amp, channels_last=run.cfg.channels_last)
+    acc = topk_accuracy(logits, images.labels)
+    metrics = {f"{prefix}_top1": acc["top1"], f"{prefix}_top5": acc["top5"]}
+    if prefix == "test" and run.teacher_test is not None:
+        metrics["teacher_agreement"] = 100.0 * float((logits.argmax(1) == run.teacher_test.argmax(1)).mean())
+    return metrics
+
+
+def _evaluate_epoch(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None,
+                    signal: ViewsOnly) -> dict[str, float]:
+    """Validation every epoch (and the test split only after the last), or the test split every epoch."""
+    family = signal.spec.family
+    if val_set is None:
+        return _evaluate(run, test_set, family, "test")
+    metrics = _evaluate(run, val_set, family, "val")
+    if run.best is None or metrics["val_top1"] > run.best["val_top1"]:
+        run.best = {"epoch": run.epoch, "val_top1": metrics["val_top1"], "val_top5": metrics["val_top5"]}
+        _save_student(run.out / "best.pt", run.model, run.cfg, train_set, family, {}, signal, run.epoch,
+                      {"val": {"top1": metrics["val_top1"], "top5": metrics["val_top5"]}})
+    if run.epoch == run.cfg.epochs:
+        metrics.update(_evaluate(run, test_set, family, "test"))
+    return metrics
+
+
+def _save_checkpoint(run: _Run, signal: ViewsOnly, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None) -> None:
+    _atomic_torch_save(
+        {"epoch": run.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+         "scaler": run.scaler.state_dict(), "history": run.history, "best": run.best, "config": run.resolved,
+         "signal": signal.describe(), "torch_rng": torch.get_rng_state(),
+         "datasets": {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
+                      "test_dataset": test_set.describe()}},
+        run.checkpoint_path,
+    )
+
+
+def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None, signal: ViewsOnly) -> dict[str, Any]:
+    """final.pt, the best checkpoint's test accuracy, metrics files and summary.json."""
+    cfg, last, family = run.cfg, run.history[-1], signal.spec.family
+    final = {"top1": last["test_top1"], "top5": last["test_top5"]}
+    if "teacher_agreement" in last:
+        final["teacher_agreement"] = last["teacher_agreement"]
+    if val_set is not None:
+        final.update(val_top1=last["val_top1"], val_top5=last["val_top5"])
+    _save_student(run.out / "final.pt", run.model, cfg, train_set, family, {"top1": final["top1"], "top5": final["top5"]},
+                  signal, cfg.epochs, {"val": {"top1": last["val_top1"], "top5": last["val_top5"]}} if val_set is not None else {})
+    best = run.best
+    if best is not None:
+        # The test split sees the selected weights once, after the selection is over.
+        chosen = load_teacher(run.out / "best.pt", run.device)
+        acc = _evaluate(run, test_set, family, "test", chosen.model)
+        best = {**best, "top1": acc["test_top1"], "top5": acc["test_top5"]}
+        _save_student(run.out / "best.pt", chosen.model, cfg, train_set, family, {"top1": best["top1"], "top5": best["top5"]},
+                      signal, best["epoch"], {"val": {"top1": best["val_top1"], "top5": best["val_top5"]}})
+    summary = {
+        "name": run.out.name,
+        "arch": cfg.arch,
+        "loss": cfg.loss,
+        "loss_options": dict(run.objective.params),
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "config": run.resolved,
+        "signal": signal.describe(),
+        "dataset": train_set.describe(),
+        "val_dataset": val_set.describe() if val_set is not None else None,
+        "test_dataset": test_set.describe(),
+        "teacher_test": topk_accuracy(run.teacher_test, test_set.labels) if run.teacher_test is not None else {},
+        "final": final,
+        "best": best,
+        "images_per_s": float(np.mean([r["images_per_s"] for r in run.history])),
+        "train_seconds": float(sum(r["epoch_seconds"] for r in run.history)),
+        "world_size": run.world.size,
+        "device": str(run.device),
+        "amp": run.amp,
+        "code_version": code_version(),
+    }
+    write_metrics(run.out, run.history)
+    _write_json(run.out / "summary.json", summary)
+    run.checkpoint_path.unlink(missing_ok=True)
     return summary
 
 
@@ -385,14 +489,17 @@ def _train(cfg, objective, train_set, test_set, signal, out, device, amp, world:
 
 
 def _save_student(path: Path, model: nn.Module, cfg: TrainConfig, train_set: ImageSet, family: Any,
-                  accuracy: dict[str, float], signal: ViewsOnly, epoch: int) -> None:
-    """A student is saved as a teacher file, so it can teach in turn."""
-    what = signal.describe()
+                  accuracy: dict[str, float], signal: ViewsOnly | None, epoch: int, extra: dict[str, Any]) -> None:
+    """A student is saved as a teacher file, so it can teach in turn.
+
+    `accuracy` is the test split's ({} while the run still selects on validation data).
+    """
+    what = signal.describe() if signal is not None else {}
     source = f"trained with loss {cfg.loss}" + (f" from store {what['store_id']}" if "store_id" in what else "")
     Teacher(
         arch=cfg.arch, num_classes=train_set.num_classes, in_channels=train_set.in_channels, model=model,
         dataset=train_set.describe(class_names=True), family=family.to_dict(),
-        accuracy=accuracy, source=source, extra={"epoch": epoch, "config": cfg.to_dict()},
+        accuracy=accuracy, source=source, extra={"epoch": epoch, "config": cfg.to_dict(), **extra},
     ).save(path)
 
 
@@ -436,12 +543,15 @@ def train_teacher(
     family: Any,
     out_path: str | os.PathLike,
     *,
+    val_set: ImageSet | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> Teacher:
-    """Plain CE training; the run lives in `<out>.run/` (resumable), the teacher file at `out`."""
-    from pipeline.teacher import load_teacher
+    """Plain CE training; the run lives in `<out>.run/` (resumable), the teacher file at `out`.
 
+    The teacher is the last epoch's weights (a teacher's recipe is fixed, nothing is selected);
+    with a `val_set` its validation accuracy is recorded beside the test accuracy.
+    """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise RunExists(f"{out_path} exists; pass --force to train it again")
@@ -450,9 +560,9 @@ def train_teacher(
     run_dir = out_path.with_suffix(".run")
     spec = ViewSpec(family, "per-epoch", cfg.epochs, seed=cfg.seed)
     if overwrite or not (run_dir / "summary.json").exists():
-        train(cfg, train_set, test_set, ViewsOnly(spec), run_dir, progress=progress, overwrite=overwrite)
+        train(cfg, train_set, test_set, ViewsOnly(spec), run_dir, val_set=val_set, progress=progress, overwrite=overwrite)
     teacher = load_teacher(run_dir / "final.pt")
     teacher.source = "trained"
-    teacher.extra = {"recipe": cfg.to_dict(), "run": str(run_dir)}
+    teacher.extra = {"recipe": cfg.to_dict(), "run": str(run_dir), **({"val": teacher.extra["val"]} if "val" in teacher.extra else {})}
     teacher.save(out_path)
     return teacher

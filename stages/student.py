@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import load_splits
+from pipeline.data import load_dataset, load_splits
 from pipeline.inference import default_family
 from pipeline.losses import DEFAULTS, METHODS
 from pipeline.models import available
@@ -55,12 +55,15 @@ def student() -> None:
 @click.option("--views", default=None, help="Without a store: per-epoch:E | pool:P | exhaustive (default per-epoch:epochs).")
 @click.option("--view-seed", type=int, default=None, help="Without a store: seed of the views (default --seed).")
 @click.option("--force", is_flag=True, help="Start over even if the output holds a finished run or another run's checkpoint.")
+@click.option("--restart-stale", is_flag=True,
+              help="If the output holds a checkpoint of a different run (another config), discard it and start over; "
+                   "a finished run is still kept (the workflow passes this for its own work folders).")
 @click.option("--quiet", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. students/resnet8x4")
 def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, temperature, alpha_temperature, same_t,
-              warmup, logit_stand, dataset, data_root, subset, test_subset, augment, epochs, batch_size, lr, momentum,
+              warmup, logit_stand, dataset, data_root, subset, test_subset, val_split, augment, epochs, batch_size, lr, momentum,
               weight_decay, milestones, lr_decay, seed, device, amp, channels_last, workers, teacher_path,
-              online_teacher, views, view_seed, force, quiet, out) -> None:  # noqa: ANN001
+              online_teacher, views, view_seed, force, restart_stale, quiet, out) -> None:  # noqa: ANN001
     """Train one student; resumable (rerun the same command after a kill).
 
     Defaults are the paper's recipe. With a per-epoch store of E views and no --epochs,
@@ -90,9 +93,12 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             dataset = dataset or recorded.get("spec", recorded["name"])
             subset = subset if subset is not None else recorded.get("subset")
             test_subset = test_subset if test_subset is not None else store.attrs["eval_dataset"].get("subset")
+            val_split = val_split if val_split is not None else recorded.get("val_split")
         elif dataset is None:
             raise ValueError("--dataset is required without --logits")
-        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset)
+        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
+                                          val_split=val_split)
+        val_set = load_dataset(dataset, "val", root=data_root, val_split=val_split) if val_split else None
 
         if store is not None:
             _check_store(store, train_set, test_set, augment, teacher_path)
@@ -118,13 +124,15 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             signal = StoreSignal(store)
         else:
             signal = ViewsOnly(spec)
-        summary = train(cfg, train_set, test_set, signal, out, progress=not quiet, overwrite=force)
+        summary = train(cfg, train_set, test_set, signal, out, val_set=val_set, progress=not quiet, overwrite=force,
+                        restart_stale=restart_stale)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise fail(err) from None
     if summary:
-        final = summary["final"]
-        click.echo(f"{out}: {arch} ({loss}) test top-1 {final['top1']:.2f}%, best {summary['best']['top1']:.2f}% "
-                   f"at epoch {summary['best']['epoch']}, {summary['images_per_s']:.0f} img/s")
+        final, best = summary["final"], summary["best"]
+        chosen = (f", best on validation: epoch {best['epoch']} (val {best['val_top1']:.2f}%, test {best['top1']:.2f}%)"
+                  if best else "")
+        click.echo(f"{out}: {arch} ({loss}) test top-1 {final['top1']:.2f}%{chosen}, {summary['images_per_s']:.0f} img/s")
 
 
 def _check_store(store: LogitStore, train_set, test_set, augment: str | None, teacher_path: str | None) -> None:  # noqa: ANN001

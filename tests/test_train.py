@@ -84,8 +84,9 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
     train_set, test_set = synth
     summary = train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
     out = tmp_path / "run"
+    # Without a validation split nothing is selected: no best.pt, every epoch measured on test.
     assert sorted(p.name for p in out.iterdir()) == [
-        "best.pt", "config.json", "curves.png", "final.pt", "metrics.csv", "metrics.json", "summary.json"]
+        "config.json", "curves.png", "final.pt", "metrics.csv", "metrics.json", "summary.json"]
     rows = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.005])
     for key in ("loss_ce", "loss_scd", "loss_mcd", "loss_total", "train_top1", "test_top1", "test_top5",
@@ -97,7 +98,7 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["loss_options"] == {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
                                                  "alpha_temperature": 1.0, "warmup": 2.0, "logit_stand": False}
-    assert summary["final"]["top1"] == rows[-1]["test_top1"] and summary["best"]["top1"] == max(r["test_top1"] for r in rows)
+    assert summary["final"]["top1"] == rows[-1]["test_top1"] and summary["best"] is None
     student = load_teacher(out / "final.pt")  # a student can teach in turn
     assert student.arch == "resnet8" and student.accuracy["top1"] == rows[-1]["test_top1"]
     with pytest.raises(RunExists, match="already holds a finished run"):
@@ -106,6 +107,45 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         (out / "summary.json").unlink()
         torch.save({"config": {**config["config"], "lr": 9.0}, "signal": {}}, out / "checkpoint.pt")
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
+
+
+def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher):
+    from pipeline.data import load_dataset
+    from pipeline.inference import predict_test, topk_accuracy
+
+    train_set, test_set = synth
+    val_set = load_dataset(SYNTH, "val", val_split=4)
+    spec = ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0)
+    summary = train(cfg(loss="ce", loss_options={}, epochs=4, milestones=()), train_set, test_set, ViewsOnly(spec),
+                    tmp_path / "run", val_set=val_set, progress=False)
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all("val_top1" in r for r in rows)
+    assert [("test_top1" in r) for r in rows] == [False, False, False, True]  # the test split only at the end
+    best = summary["best"]
+    val = [r["val_top1"] for r in rows]
+    assert best["epoch"] == val.index(max(val)) + 1 and best["val_top1"] == max(val)
+    chosen = load_teacher(tmp_path / "run" / "best.pt")
+    assert chosen.extra["epoch"] == best["epoch"] and chosen.extra["val"]["top1"] == best["val_top1"]
+    # The reported test accuracy of the chosen weights is theirs, measured after the choice.
+    measured = topk_accuracy(predict_test(chosen.model, test_set, spec.family, device=torch.device("cpu")), test_set.labels)
+    assert best["top1"] == pytest.approx(measured["top1"]) and chosen.accuracy["top1"] == best["top1"]
+    assert summary["final"]["val_top1"] == val[-1] and summary["val_dataset"]["size"] == 16
+    with pytest.raises(ValueError, match="needs val_split"):
+        load_dataset(SYNTH, "val")
+
+
+def test_a_stale_checkpoint_is_refused_or_with_restart_stale_discarded(tmp_path, synth):
+    train_set, test_set = synth
+    views = ViewsOnly(ViewSpec.parse("per-epoch:3", default_family(train_set), seed=0))
+    run = cfg(loss="ce", loss_options={}, epochs=3)
+    train(run, train_set, test_set, views, tmp_path / "a", progress=False, stop_after=1)
+    changed = cfg(loss="ce", loss_options={}, epochs=3, lr=0.1)
+    with pytest.raises(RunExists, match="differs in: lr"):
+        train(changed, train_set, test_set, views, tmp_path / "a", progress=False)
+    summary = train(changed, train_set, test_set, views, tmp_path / "a", progress=False, restart_stale=True)
+    train(changed, train_set, test_set, views, tmp_path / "fresh", progress=False)
+    assert summary["config"]["lr"] == 0.1 and len(json.loads((tmp_path / "a" / "metrics.json").read_text())) == 3
+    assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "fresh" / "final.pt") == 0.0
 
 
 @pytest.mark.parametrize("loss", ["ce", "kd", "dkd", "rld"])
