@@ -1,6 +1,15 @@
-"""Compare finished students: one table (Markdown + CSV) and one accuracy plot.
+"""Compare finished students: tables (Markdown + CSV) and figures.
 
-Runs that differ only in their seed form a group, reported as mean ± std.
+Three comparisons, each only between runs it is fair to compare:
+- **Seeds**: runs that differ only in their seed (same store/views, data, recipe, loss and
+  options) form a group, reported as mean ± std.
+- **Paired against CE**: a distilled student and the CE student of the same seed and the
+  same setting (architecture, views, data, recipe) share initialisation, data order and
+  views, so their difference isolates the loss; reported per seed and as mean ± std with the
+  number of seeds where it is positive.
+- **Chosen on validation**: where a loss was run with several option sets (a grid, e.g.
+  beta), the set with the best mean final *validation* top-1 is chosen, and its test
+  numbers are reported. The test split never takes part in a choice.
 """
 
 from __future__ import annotations
@@ -11,8 +20,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "seed", "epochs", "final_top1",
-           "final_top5", "best_top1", "best_epoch", "teacher_agreement", "images_per_s")
+COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "seed", "epochs", "val_top1", "final_top1",
+           "final_top5", "delta_vs_ce", "best_epoch", "best_val_top1", "best_top1", "teacher_agreement", "images_per_s")
+GROUP_COLUMNS = ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "runs", "seeds", "val_top1",
+                 "val_top1_std", "final_top1", "final_top1_std", "delta_vs_ce", "delta_vs_ce_std", "delta_positive",
+                 "pairs", "teacher_agreement", "chosen")
+# Recipe fields that change what a run computes (device, workers, batch size of evaluation do not).
+RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "amp", "channels_last")
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
@@ -26,95 +40,196 @@ def load_run(folder: str | Path) -> dict[str, Any]:
     return summary
 
 
+def setting(run: dict[str, Any]) -> str:
+    """What two runs must share to be compared: architecture, views, data and recipe."""
+    config = run.get("config", {})
+    key = {
+        "arch": run["arch"],
+        "views": run["signal"].get("views"),
+        "data": [(run.get(k) or {}).get("fingerprint") for k in ("dataset", "val_dataset", "test_dataset")],
+        "recipe": {f: config.get(f, run.get(f)) for f in RECIPE_FIELDS},
+    }
+    return json.dumps(key, sort_keys=True)
+
+
+def _teacher_sha(run: dict[str, Any]) -> str | None:
+    return None if run["loss"] == "ce" else (run["signal"].get("teacher") or {}).get("weights_sha256")
+
+
+def _options(run: dict[str, Any]) -> str:
+    shown = {k: v for k, v in run["loss_options"].items() if k != "logit_stand" or v}
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
 def row(run: dict[str, Any]) -> dict[str, Any]:
-    """The table row of one run."""
+    """The table row of one run (keys starting with '_' are for grouping, not shown)."""
     teacher = run["signal"].get("teacher") or {}
-    defaults_only = {k: v for k, v in run["loss_options"].items() if k != "logit_stand" or v}
+    best = run.get("best") or {}
+    options = _options(run)
     return {
         "name": run["name"],
         "teacher": teacher.get("arch", "-"),
         "teacher_top1": run.get("teacher_test", {}).get("top1"),
         "arch": run["arch"],
         "loss": run["loss"],
-        "options": " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in defaults_only.items()),
+        "options": options,
         "seed": run["seed"],
         "epochs": run["epochs"],
+        "val_top1": run["final"].get("val_top1"),
         "final_top1": run["final"]["top1"],
         "final_top5": run["final"]["top5"],
-        "best_top1": run["best"]["top1"],
-        "best_epoch": run["best"]["epoch"],
+        "delta_vs_ce": None,
+        "best_epoch": best.get("epoch"),
+        "best_val_top1": best.get("val_top1"),
+        "best_top1": best.get("top1"),
         "teacher_agreement": run["final"].get("teacher_agreement"),
         "images_per_s": run["images_per_s"],
+        "_setting": setting(run),
+        "_family": (setting(run), _teacher_sha(run), run["loss"]),
+        "_group": (setting(run), _teacher_sha(run), run["loss"], options),
     }
 
 
-def group_key(r: dict[str, Any]) -> tuple:
-    return tuple(r[c] for c in ("teacher", "arch", "loss", "options", "epochs"))
+def pair_with_ce(rows: Sequence[dict[str, Any]]) -> None:
+    """Fill `delta_vs_ce`: final test top-1 minus that of the CE run of the same setting and seed."""
+    ce = {(r["_setting"], r["seed"]): r for r in rows if r["loss"] == "ce"}
+    for r in rows:
+        partner = ce.get((r["_setting"], r["seed"]))
+        if r["loss"] != "ce" and partner is not None:
+            r["delta_vs_ce"] = r["final_top1"] - partner["final_top1"]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std of the accuracies over the seeds of otherwise identical runs."""
+    """One entry per group of runs that differ only in their seed, with means and stds."""
     buckets: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        buckets.setdefault(group_key(r), []).append(r)
+        buckets.setdefault(r["_group"], []).append(r)
     out = []
     for members in buckets.values():
-        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs")}
+        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "_family")}
         g["runs"] = len(members)
         g["seeds"] = ",".join(str(m["seed"]) for m in members)
-        for metric in ("final_top1", "final_top5", "best_top1", "teacher_agreement"):
-            values = [m[metric] for m in members if m[metric] is not None]
-            g[metric] = statistics.fmean(values) if values else None
-            g[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for metric in ("val_top1", "final_top1", "final_top5", "teacher_agreement", "delta_vs_ce"):
+            g[metric], g[f"{metric}_std"] = _mean_std([m[metric] for m in members if m[metric] is not None])
+        deltas = [m["delta_vs_ce"] for m in members if m["delta_vs_ce"] is not None]
+        g["pairs"], g["delta_positive"] = len(deltas), sum(d > 0 for d in deltas)
+        g["deltas"] = deltas
+        g["chosen"] = False
         out.append(g)
+    choose_on_validation(out)
     return out
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
+    """Mark, per (setting, teacher, loss), the option set with the best mean final validation top-1.
+
+    Only families with more than one option set and validation numbers for all of them choose.
+    """
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for g in grouped:
+        families.setdefault(g["_family"], []).append(g)
+    for members in families.values():
+        if len(members) > 1 and all(m["val_top1"] is not None for m in members):
+            max(members, key=lambda m: m["val_top1"])["chosen"] = True
+
+
+def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    return str(value)
 
 
-def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]]) -> str:
-    lines = ["# Students", "", "Test accuracy (%) on the un-augmented test split; agreement = % of test images where "
-             "the student's top-1 equals the teacher's.", ""]
-    lines.append("| student | teacher (top-1) | arch | loss | options | seed | epochs | final top-1 | final top-5 | best top-1 (epoch) | agreement | img/s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
+    return "-" if mean is None else f"{_fmt(mean, signed=signed)} ± {_fmt(std)}"
+
+
+def _positive(g: dict[str, Any]) -> str:
+    return f"{g['delta_positive']}/{g['pairs']}" if g["pairs"] else "-"
+
+
+def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> str:
+    sizes = sorted({(r["test_dataset"] or {}).get("size") for r in runs if r.get("test_dataset")} - {None})
+    val_sizes = sorted({(r.get("val_dataset") or {}).get("size") for r in runs} - {None})
+    lines = ["# Students", "",
+             f"Test top-1/top-5 (%) of the final weights on the un-augmented test split "
+             f"({' / '.join(f'{s:,}' for s in sizes) or '?'} images)"
+             + (f"; val = final top-1 on the validation split held out of the training split "
+                f"({' / '.join(f'{s:,}' for s in val_sizes)} images)" if val_sizes else "")
+             + ". Δ CE = test top-1 minus that of the CE student of the same seed and setting (same "
+               "initialisation, data order and views). best = the epoch with the best validation top-1, "
+               "and its test top-1. agreement = % of test images where the student's top-1 equals the teacher's.",
+             ""]
+    lines.append("| student | teacher (top-1) | arch | loss | options | seed | epochs | val top-1 | test top-1 | test top-5 "
+                 "| Δ CE | best epoch: val → test | agreement | img/s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        best = f"{r['best_epoch']}: {_fmt(r['best_val_top1'])} → {_fmt(r['best_top1'])}" if r["best_epoch"] else "-"
         lines.append(
             f"| {r['name']} | {r['teacher']} ({_fmt(r['teacher_top1'])}) | {r['arch']} | {r['loss']} | {r['options']} | "
-            f"{r['seed']} | {r['epochs']} | {_fmt(r['final_top1'])} | {_fmt(r['final_top5'])} | "
-            f"{_fmt(r['best_top1'])} ({r['best_epoch']}) | {_fmt(r['teacher_agreement'])} | {_fmt(r['images_per_s'], 0)} |"
+            f"{r['seed']} | {r['epochs']} | {_fmt(r['val_top1'])} | {_fmt(r['final_top1'])} | {_fmt(r['final_top5'])} | "
+            f"{_fmt(r['delta_vs_ce'], signed=True)} | {best} | {_fmt(r['teacher_agreement'])} | {_fmt(r['images_per_s'], 0)} |"
         )
-    if any(g["runs"] > 1 for g in grouped):
-        lines += ["", "## Mean ± std over seeds", "",
-                  "| teacher | arch | loss | options | runs (seeds) | final top-1 | best top-1 | agreement |",
-                  "|---|---|---|---|---|---|---|---|"]
+    if any(g["runs"] > 1 or g["pairs"] for g in grouped):
+        lines += ["", "## Mean ± std over seeds, and the paired difference to CE", "",
+                  "Δ CE > 0 counts the seeds where the student beats the CE student of its seed. "
+                  "✓ marks the option set chosen on validation top-1 among those run for that loss.", "",
+                  "| teacher | arch | loss | options | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 | agreement |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for g in grouped:
+            mark = " ✓" if g["chosen"] else ""
             lines.append(
-                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']} | {g['runs']} ({g['seeds']}) | "
-                f"{_fmt(g['final_top1'])} ± {_fmt(g['final_top1_std'])} | {_fmt(g['best_top1'])} ± {_fmt(g['best_top1_std'])} | "
-                f"{_fmt(g['teacher_agreement'])} ± {_fmt(g['teacher_agreement_std'])} |"
+                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']}{mark} | {g['seeds']} | "
+                f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
+                f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | "
+                f"{_positive(g)} | {_pm(g['teacher_agreement'], g['teacher_agreement_std'])} |"
+            )
+    chosen = [g for g in grouped if g["chosen"] or not any(o["_family"] == g["_family"] and o is not g for o in grouped)]
+    if any(g["chosen"] for g in grouped):
+        lines += ["", "## One setting per loss, chosen on validation", "",
+                  "| teacher | arch | loss | options | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for g in chosen:
+            lines.append(
+                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']} | {g['seeds']} | "
+                f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
+                f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | {_positive(g)} |"
             )
     return "\n".join(lines) + "\n"
 
 
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
-    """reports/summary.md, summary.csv (one row per student) and accuracy.png."""
-    from pipeline.plots import plot_student_comparison
+    """summary.md, summary.csv (one row per student), groups.csv (one row per seed group),
+    accuracy.png (curves) and paired.png (differences to CE)."""
+    from pipeline.plots import plot_paired_differences, plot_student_comparison
 
     runs = [load_run(d) for d in student_dirs]
     if not runs:
         raise ValueError("no students to report")
-    rows = sorted((row(r) for r in runs), key=lambda r: (r["teacher"], r["arch"], r["loss"], r["seed"], r["name"]))
+    rows = sorted((row(r) for r in runs), key=lambda r: (r["teacher"], r["arch"], r["loss"], r["options"], r["seed"], r["name"]))
+    pair_with_ce(rows)
+    grouped = groups(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "summary.md", "csv": out / "summary.csv", "plot": out / "accuracy.png"}
-    paths["markdown"].write_text(markdown(rows, groups(rows)))
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    paths = {"markdown": out / "summary.md", "csv": out / "summary.csv", "groups": out / "groups.csv",
+             "plot": out / "accuracy.png", "paired": out / "paired.png"}
+    paths["markdown"].write_text(markdown(rows, grouped, runs))
+    _write_csv(paths["csv"], COLUMNS, rows)
+    _write_csv(paths["groups"], GROUP_COLUMNS, grouped)
     plot_student_comparison(runs, paths["plot"])
+    plot_paired_differences(grouped, paths["paired"])
     return paths

@@ -1,4 +1,4 @@
-"""rld report: one row per student, seeds of the same configuration as mean ± std."""
+"""rld report: seeds grouped only with comparable runs, paired differences to CE, choices on validation."""
 
 from __future__ import annotations
 
@@ -7,44 +7,95 @@ import json
 import statistics
 from pathlib import Path
 
+import pytest
 
 from conftest import cli
 
+RECIPE = {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [2],
+          "lr_decay": 0.1, "amp": "off", "channels_last": True}
+VIEWS = {"policy": "exhaustive", "count": None, "seed": 0, "family": {"kind": "crop", "size": 32, "padding": 4}}
 
-def fake_run(folder: Path, name: str, loss: str, seed: int, top1: list[float], teacher_top1: float = 80.0) -> Path:
+
+def fake_run(folder: Path, name: str, loss: str, seed: int, test: float, val: float | None = None, *,
+             beta: float = 8.0, views: dict | None = None, lr: float = 0.05, teacher_top1: float = 80.0) -> Path:
     """A finished student folder with the files the report reads."""
     out = folder / name
     out.mkdir(parents=True)
-    history = [{"epoch": e + 1, "test_top1": acc, "test_top5": 99.0, "lr": 0.05, "teacher_agreement": 70.0 + e}
-               for e, acc in enumerate(top1)]
+    monitor = "val_top1" if val is not None else "test_top1"
+    history = [{"epoch": e + 1, "lr": lr, monitor: (val if val is not None else test) - 3 + e} for e in range(3)]
+    history[-1].update(test_top1=test, test_top5=99.0)
     (out / "metrics.json").write_text(json.dumps(history))
+    options = {"ce_weight": 1.0} if loss == "ce" else {"ce_weight": 1.0, "beta": beta, "logit_stand": False}
+    final = {"top1": test, "top5": 99.0, "teacher_agreement": 70.0, **({"val_top1": val} if val is not None else {})}
     summary = {
-        "name": name, "arch": "resnet8x4", "loss": loss, "seed": seed, "epochs": len(top1),
-        "loss_options": {"ce_weight": 1.0, "beta": 8.0, "logit_stand": False},
-        "signal": {"kind": "store", "teacher": {"arch": "resnet32x4"}},
+        "name": name, "arch": "resnet8x4", "loss": loss, "seed": seed, "epochs": 3, "loss_options": options,
+        "config": {**RECIPE, "lr": lr, "seed": seed, "loss": loss},
+        "signal": {"kind": "store", "store_id": "abc", "views": views or VIEWS,
+                   "teacher": {"arch": "resnet32x4", "weights_sha256": "f" * 64}},
+        "dataset": {"fingerprint": "train"}, "val_dataset": {"fingerprint": "val", "size": 1000} if val is not None else None,
+        "test_dataset": {"fingerprint": "test", "size": 2000},
         "teacher_test": {"top1": teacher_top1, "top5": 99.5},
-        "final": {"top1": top1[-1], "top5": 99.0, "teacher_agreement": 70.0 + len(top1) - 1},
-        "best": {"top1": max(top1), "top5": 99.0, "epoch": top1.index(max(top1)) + 1},
+        "final": final,
+        "best": {"epoch": 3, "val_top1": val, "val_top5": 99.0, "top1": test, "top5": 99.0} if val is not None else None,
         "images_per_s": 250.0,
     }
     (out / "summary.json").write_text(json.dumps(summary))
     return out
 
 
-def test_report_rows_groups_and_files(tmp_path):
-    runs = [fake_run(tmp_path, "rld-s0", "rld", 0, [50.0, 70.0, 69.0]),
-            fake_run(tmp_path, "rld-s1", "rld", 1, [52.0, 66.0, 71.0]),
-            fake_run(tmp_path, "ce", "ce", 0, [40.0, 60.0, 65.0])]
+def report(tmp_path: Path, runs: list[Path]) -> tuple[str, list[dict], list[dict]]:
     result = cli("report", *map(str, runs), "--out", str(tmp_path / "reports"))
     assert result.exit_code == 0, result.output
-    md = (tmp_path / "reports" / "summary.md").read_text()
-    assert "| rld-s0 | resnet32x4 (80.00) | resnet8x4 | rld | ce_weight=1 beta=8 | 0 | 3 | 69.00 | 99.00 | 70.00 (2) | 72.00 | 250 |" in md
-    mean, std = statistics.fmean([69.0, 71.0]), statistics.stdev([69.0, 71.0])
-    assert f"| 2 (0,1) | {mean:.2f} ± {std:.2f} |" in md and "| 1 (0) | 65.00 ± 0.00 |" in md
-    with open(tmp_path / "reports" / "summary.csv") as f:
+    out = tmp_path / "reports"
+    with open(out / "summary.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["name"] for r in rows] == ["ce", "rld-s0", "rld-s1"] and float(rows[2]["final_top1"]) == 71.0
-    assert (tmp_path / "reports" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    with open(out / "groups.csv") as f:
+        grouped = list(csv.DictReader(f))
+    return (out / "summary.md").read_text(), rows, grouped
+
+
+def test_rows_seed_groups_and_paired_differences_to_ce(tmp_path):
+    runs = [fake_run(tmp_path, "rld-s0", "rld", 0, 69.0), fake_run(tmp_path, "rld-s1", "rld", 1, 71.0),
+            fake_run(tmp_path, "rld-s2", "rld", 2, 64.0),
+            fake_run(tmp_path, "ce-s0", "ce", 0, 65.0), fake_run(tmp_path, "ce-s1", "ce", 1, 68.0),
+            fake_run(tmp_path, "ce-s2", "ce", 2, 66.0)]
+    md, rows, grouped = report(tmp_path, runs)
+    by_name = {r["name"]: r for r in rows}
+    assert float(by_name["rld-s0"]["delta_vs_ce"]) == 4.0 and float(by_name["rld-s2"]["delta_vs_ce"]) == -2.0
+    assert by_name["ce-s0"]["delta_vs_ce"] == ""
+    deltas = [4.0, 3.0, -2.0]
+    rld = next(g for g in grouped if g["loss"] == "rld")
+    assert rld["runs"] == "3" and rld["seeds"] == "0,1,2" and rld["pairs"] == "3" and rld["delta_positive"] == "2"
+    assert float(rld["delta_vs_ce"]) == pytest.approx(statistics.fmean(deltas))
+    assert float(rld["delta_vs_ce_std"]) == pytest.approx(statistics.stdev(deltas))
+    mean, std = statistics.fmean([69.0, 71.0, 64.0]), statistics.stdev([69.0, 71.0, 64.0])
+    assert f"| {mean:.2f} ± {std:.2f} | +{statistics.fmean(deltas):.2f} ± {statistics.stdev(deltas):.2f} | 2/3 |" in md
+    assert "(2,000 images)" in md
+    for name in ("accuracy.png", "paired.png"):
+        assert (tmp_path / "reports" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_runs_that_differ_in_views_or_recipe_are_not_averaged_or_paired(tmp_path):
+    other_views = {**VIEWS, "policy": "per-epoch", "count": 3}
+    runs = [fake_run(tmp_path, "a", "rld", 0, 70.0), fake_run(tmp_path, "b", "rld", 1, 60.0, views=other_views),
+            fake_run(tmp_path, "c", "rld", 2, 50.0, lr=0.1), fake_run(tmp_path, "ce", "ce", 0, 65.0, lr=0.1)]
+    _, rows, grouped = report(tmp_path, runs)
+    assert sorted(g["runs"] for g in grouped) == ["1", "1", "1", "1"]
+    # The only CE run has another recipe than every distilled run of its seed: nothing is paired.
+    assert all(r["delta_vs_ce"] == "" for r in rows)
+
+
+def test_an_option_grid_is_chosen_on_validation_never_on_test(tmp_path):
+    # beta 2 has the better validation top-1, beta 8 the better test top-1: validation decides.
+    runs = [fake_run(tmp_path, f"rld-beta{b}-s{s}", "rld", s, test, val, beta=b)
+            for b, test, val in ((2.0, 70.0, 75.0), (8.0, 73.0, 72.0)) for s in (0, 1)]
+    runs += [fake_run(tmp_path, f"ce-s{s}", "ce", s, 66.0, 70.0) for s in (0, 1)]
+    md, _, grouped = report(tmp_path, runs)
+    chosen = {g["options"]: g["chosen"] for g in grouped if g["loss"] == "rld"}
+    assert chosen == {"ce_weight=1 beta=2": "True", "ce_weight=1 beta=8": "False"}
+    section = md.split("## One setting per loss, chosen on validation")[1]
+    assert "| rld | ce_weight=1 beta=2 | 0,1 | 75.00 ± 0.00 | 70.00 ± 0.00 | +4.00 ± 0.00 | 2/2 |" in section
+    assert "beta=8" not in section and "| ce | ce_weight=1 | 0,1 |" in section
 
 
 def test_report_refuses_an_unfinished_student(tmp_path):
