@@ -14,10 +14,16 @@ import sys
 
 from snakemake.utils import min_version, validate
 
+from pipeline.grid import expand_students
+
 min_version("8.20")
 
 
-configfile: "config/config.yaml"
+# A preset given with --configfile replaces the demo config instead of extending it (by
+# default Snakemake merges the two, which would add the demo's students to every preset).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 validate(config, "config/schema.yaml")
@@ -28,7 +34,10 @@ RLD = f"{shlex.quote(sys.executable)} -m stages.cli"
 PAPER_RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                 "milestones": [150, 180, 210], "lr_decay": 0.1}
 
-TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), config["students"]
+# A student entry with lists (loss: [ce, kd], seed: [0, 1, 2], loss_options: {beta: [2, 4]})
+# is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
+TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), expand_students(config["students"])
+REPORT = config.get("report_dir", "reports")
 _threads = config.get("threads", 2)
 THREADS = {job: _threads.get(job, 2) if isinstance(_threads, dict) else _threads for job in ("teacher", "dump", "student")}
 GPUS = config.get("gpus_per_job", 0)
@@ -69,7 +78,8 @@ def q(value):
 def dataset_args(**overrides):
     settings = {**config, **overrides}
     args = [f"--dataset {q(config['dataset'])}", f"--data-root {q(config.get('data_root', 'data'))}"]
-    for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("augment", "--augment")):
+    for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split"),
+                      ("augment", "--augment")):
         if settings.get(key) is not None:
             args.append(f"{flag} {q(settings[key])}")
     return " ".join(args)
@@ -121,7 +131,7 @@ def student_args(wildcards):
     for key, value in (s.get("loss_options") or {}).items():
         flag = key.replace("_", "-")
         args.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
-    if s.get("store"):  # the store names its dataset; only where the data lives is local
+    if s.get("store"):  # the store names its dataset (and validation split); only where the data lives is local
         args.append(f"--logits cache/logits/{s['store']}.zarr --data-root {q(config.get('data_root', 'data'))}")
     else:
         args.append(dataset_args())
@@ -131,7 +141,7 @@ def student_args(wildcards):
 rule all:
     input:
         expand("students/{name}", name=STUDENTS),
-        "reports/summary.md",
+        f"{REPORT}/summary.md",
 
 
 rule teacher:
@@ -181,7 +191,9 @@ rule store_manifest:
 
 
 rule student:
-    """Train in students/.work/NAME (checkpoints survive a failed job), then move into place."""
+    """Train in students/.work/NAME (checkpoints survive a failed job), then move into place.
+    A checkpoint left there by an older config of NAME is stale: Snakemake reruns the job
+    because the config changed, so the student starts over (--restart-stale)."""
     input:
         student_inputs,
     output:
@@ -195,7 +207,8 @@ rule student:
     resources:
         gpu=GPUS,
     shell:
-        "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --quiet --out {params.work} > {log} 2>&1 "
+        "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --restart-stale --quiet "
+        "--out {params.work} > {log} 2>&1 "
         "&& mv {params.work} {output}"
 
 
@@ -203,10 +216,14 @@ rule report:
     input:
         expand("students/{name}", name=STUDENTS),
     output:
-        "reports/summary.md",
-        "reports/summary.csv",
-        "reports/accuracy.png",
+        f"{REPORT}/summary.md",
+        f"{REPORT}/summary.csv",
+        f"{REPORT}/groups.csv",
+        f"{REPORT}/accuracy.png",
+        f"{REPORT}/paired.png",
     log:
-        "logs/report.log",
+        f"logs/report/{REPORT.replace('/', '_')}.log",
+    params:
+        out=REPORT,
     shell:
-        "{RLD} report {input} --out reports > {log} 2>&1"
+        "{RLD} report {input} --out {params.out} > {log} 2>&1"

@@ -1,0 +1,42 @@
+"""Grids of students in the config expand to named students, options only where they apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.grid import expand_students
+
+
+def test_a_loss_seed_and_beta_grid_expands_to_named_students():
+    students = expand_students({
+        "r8": {"arch": "resnet8x4", "store": "s", "loss": ["ce", "kd", "dkd", "rld"], "seed": [0, 1],
+               "loss_options": {"beta": [2, 8.0], "warmup": 2}},
+        "alone": {"arch": "resnet8x4", "loss": "ce"},
+    })
+    ce_kd = [f"r8-{loss}-s{seed}" for loss in ("ce", "kd") for seed in (0, 1)]
+    dkd_rld = [f"r8-{loss}-beta{b}-s{seed}" for loss in ("dkd", "rld") for b in (2, 8) for seed in (0, 1)]
+    assert sorted(students) == sorted(ce_kd + dkd_rld + ["alone"])
+    assert students["r8-rld-beta8-s1"] == {"arch": "resnet8x4", "store": "s", "loss": "rld", "seed": 1,
+                                           "loss_options": {"beta": 8.0, "warmup": 2}}
+    # beta and warmup do not apply to ce or kd, so they are not passed to them.
+    assert students["r8-kd-s0"]["loss_options"] == {} and students["r8-ce-s1"]["loss_options"] == {}
+    assert students["alone"] == {"arch": "resnet8x4", "loss": "ce"}
+
+
+def test_a_single_listed_key_names_only_that_part():
+    students = expand_students({"x": {"arch": "resnet8", "loss": "kd", "seed": [3, 4]}})
+    assert sorted(students) == ["x-s3", "x-s4"] and students["x-s4"]["seed"] == 4
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ({"x": {"arch": "a", "loss": ["ce", "kd"], "loss_options": {"beta": [2, 4]}}}, "beta applies to none of the losses"),
+        ({"x": {"arch": "a", "loss": "rld", "seed": []}}, "students.x.seed is an empty list"),
+        ({"x": {"arch": "a", "loss": "rld", "seed": [1, 1]}}, "lists a value twice"),
+        ({"x": {"arch": "a", "loss": "kd", "seed": [0]}, "x-s0": {"arch": "a", "loss": "ce"}}, "'x-s0' is produced twice"),
+    ],
+)
+def test_bad_grids_fail_naming_the_entry(entries, message):
+    with pytest.raises(ValueError, match=message):
+        expand_students(entries)
