@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "dataset": SYNTH,
     "amp": "off",
+    "val_split": 4,
     "threads": 1,
     "recipe": {"epochs": 2, "batch_size": 32, "milestones": []},
     "teachers": {"t8": {"arch": "resnet8", "recipe": {"epochs": 1}}},
@@ -31,7 +32,7 @@ TINY = {
     "students": {
         "a": {"arch": "resnet8", "loss": "rld", "store": "t8-pe", "loss_options": {"warmup": 1}},
         "b": {"arch": "resnet8", "loss": "ce", "store": "t8-pe"},
-        "c": {"arch": "resnet8", "loss": "kd", "store": "t8-pe", "seed": 1},
+        "c": {"arch": "resnet8", "loss": "kd", "store": "t8-pe", "seed": [1, 2]},  # a grid: c-s1, c-s2
     },
 }
 
@@ -81,10 +82,13 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     snakemake(wd, "--cores", "2")
     assert (wd / "cache/logits/t8-pe.json").stat().st_mtime == store_mtime
     table = (wd / "reports/summary.md").read_text()
-    for name in "abc":
+    for name in ("a", "b", "c-s1", "c-s2"):
         assert re.search(rf"^\| {name} \| resnet8 \(\d+\.\d\d\) \| resnet8 \|", table, re.M), table
     rows = (wd / "reports/summary.csv").read_text().splitlines()
-    assert rows[0].startswith("name,teacher,teacher_top1,arch,loss") and len(rows) == 4
+    assert rows[0].startswith("name,teacher,teacher_top1,arch,loss") and len(rows) == 5
+    assert json.loads((wd / "students/c-s2/summary.json").read_text())["seed"] == 2
+    # The validation split reached every stage: the store's data excludes it, students select on it.
+    assert store.attrs["dataset"]["val_split"] == 4 and summary["best"]["val_top1"] is not None
     assert (wd / "reports/accuracy.png").read_bytes()[:4] == b"\x89PNG"
     rerun = snakemake(wd, "--cores", "2")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
@@ -135,7 +139,7 @@ def test_a_killed_dump_keeps_its_finished_units_and_the_rerun_completes(tmp_path
     assert written == len(partial.units()) - done_before  # only the missing units were computed
 
     # ... and the store equals an uninterrupted dump of the same teacher and views.
-    cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--views", "per-epoch:6", "--dtype", "float32",
+    cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--val-split", "4", "--views", "per-epoch:6", "--dtype", "float32",
         "--batch-size", "8", "--quiet", "--out", str(tmp_path / "whole.zarr"))
     a, b = LogitStore.open(store_path), LogitStore.open(tmp_path / "whole.zarr")
     for name in ("logits", "views", "input_crc", "eval/logits"):
