@@ -38,4 +38,4 @@ bench: setup
 
 # Remove workflow outputs (teachers, stores, students, reports, logs); keeps the venv.
 clean:
-	rm -rf teachers students reports logs .snakemake cache/logits
+	rm -rf teachers students reports logs benchmarks .snakemake cache/logits

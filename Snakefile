@@ -150,6 +150,8 @@ rule teacher:
         "teachers/{teacher}.pt",
     log:
         "logs/teacher/{teacher}.log",
+    benchmark:
+        "benchmarks/teacher/{teacher}.tsv"
     params:
         cmd=teacher_command,
     threads: THREADS["teacher"]
@@ -168,6 +170,8 @@ rule dump_shard:
         touch("cache/logits/{store}.shards/{shard}-of-{shards}.done"),
     log:
         "logs/dump/{store}.{shard}-of-{shards}.log",
+    benchmark:
+        "benchmarks/dump/{store}.{shard}-of-{shards}.tsv"
     params:
         args=dump_args,
     threads: THREADS["dump"]
@@ -200,6 +204,8 @@ rule student:
         directory("students/{name}"),
     log:
         "logs/student/{name}.log",
+    benchmark:
+        "benchmarks/student/{name}.tsv"
     params:
         args=student_args,
         work="students/.work/{name}",
