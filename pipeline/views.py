@@ -12,9 +12,15 @@ Families:
   parameters (top, left, flip) in padded coordinates, exactly as torchvision draws them.
   Images smaller than `size` (Fashion-MNIST's 28 px) are first zero-padded to `size`,
   centred, so 28 px data gets the same 9 x 9 x 2 = 162 views as CIFAR.
-- `resized-crop`: ImageNet's RandomResizedCrop(size) + flip; parameters (scale,
-  log_ratio, u, v, flip) are relative, so they are drawn without knowing the image size
-  and resolved against it when applied.
+- `resized-crop`: ImageNet's RandomResizedCrop(size) + flip, torchvision's distribution
+  exactly: up to 10 candidate (scale, log_ratio) draws, the first box that fits the image,
+  else torchvision's centre-crop fallback. Parameters (the 10 candidates, then u, v, flip)
+  are relative, so they are drawn without knowing the image size and resolved against it
+  when applied. The test view resizes the short side to round(size / 0.875) (ImageNet's
+  256 for 224) and centre-crops `size`, so it shows content at the training views' scale.
+
+Each family has a `version`, bumped when the same recorded parameters would give other
+views or another test view; a store or teacher recorded by another version is refused.
 
 Policies (which views exist, and which one a student uses at epoch e):
 - `per-epoch:E`: E slots; slot e at epoch e.
@@ -25,6 +31,7 @@ Policies (which views exist, and which one a student uses at epoch e):
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import zlib
 from dataclasses import dataclass
@@ -73,6 +80,9 @@ class ViewFamily:
     kind: ClassVar[str]
     param_names: ClassVar[tuple[str, ...]]
     param_dtype: ClassVar[type]
+    version: ClassVar[int] = 1
+    # What each earlier version did differently, for the error that refuses its records.
+    earlier_versions: ClassVar[dict[int, str]] = {}
     size: int
 
     def sample(self, bits: np.ndarray) -> np.ndarray:
@@ -99,10 +109,14 @@ class ViewFamily:
         return torch.stack([self.test_view(img) for img in images])
 
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What a store or teacher records: kind, every field, and the version if not 1."""
+        record = {"kind": self.kind, **dataclasses.asdict(self)}
+        if self.version != 1:  # dicts recorded before versions existed are version 1
+            record["version"] = self.version
+        return record
 
     def __str__(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
+        args = ",".join(f"{k}={v}" for k, v in self.to_dict().items() if k not in ("kind", "version"))
         return f"{self.kind}:{args}"
 
 
@@ -169,17 +183,20 @@ class CropFlip(ViewFamily):
     def test_batch(self, images: torch.Tensor) -> torch.Tensor:
         return self._pad_to_size(images)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "size": self.size, "padding": self.padding}
-
 
 @dataclass(frozen=True)
 class ResizedCropFlip(ViewFamily):
     """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip; test: Resize + CenterCrop.
 
-    Unlike torchvision, which retries up to 10 times when a drawn box does not fit and then
-    falls back to a centre crop, a box that does not fit is clamped to the image: one draw,
-    always valid, and resolvable from stored relative parameters.
+    Training boxes follow torchvision's `RandomResizedCrop.make_params` (v2; v1's
+    `get_params` is the same): up to `ATTEMPTS` candidate (scale, log-ratio) draws, the
+    first whose box fits the image, a uniform position for it, else a centre crop of the
+    image clipped to the ratio range. All candidates are parameters of the view, so which
+    one fits is decided when the view is applied to an image of whatever size.
+
+    The test view resizes the short side to `test_resize` and centre-crops `size`; by
+    default `test_resize` = round(size / 0.875), torchvision's ImageNet pair 256/224 at any
+    crop size, so test images show content at the scale the training views show it.
     """
 
     size: int = 224
@@ -187,69 +204,118 @@ class ResizedCropFlip(ViewFamily):
     scale_max: float = 1.0
     ratio_min: float = 3 / 4
     ratio_max: float = 4 / 3
-    test_resize: int = 256
+    test_resize: int | None = None
 
+    ATTEMPTS: ClassVar[int] = 10  # torchvision's RandomResizedCrop draws at most 10 boxes
+    CROP_FRACTION: ClassVar[float] = 0.875  # 224 / 256, torchvision's ImageNet evaluation
     kind: ClassVar[str] = "resized-crop"
-    param_names: ClassVar[tuple[str, ...]] = ("scale", "log_ratio", "u", "v", "flip")
+    param_names: ClassVar[tuple[str, ...]] = (
+        *(f"{name}{i}" for i in range(ATTEMPTS) for name in ("scale", "log_ratio")), "u", "v", "flip",
+    )
     param_dtype: ClassVar[type] = np.float32
+    version: ClassVar[int] = 2
+    earlier_versions: ClassVar[dict[int, str]] = {
+        1: "one (scale, log_ratio) draw clamped to the image instead of torchvision's retries, "
+           "and a test view resized to 256 px whatever the crop size",
+    }
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"resized-crop: size must be >= 1, got {self.size}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"resized-crop: need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+        if not 0 < self.ratio_min <= self.ratio_max:
+            raise ValueError(f"resized-crop: need 0 < ratio_min <= ratio_max, got {self.ratio_min}, {self.ratio_max}")
+        if self.test_resize is None:
+            # size / 0.875 is never a half-integer (8 * size / 7), so round() has no ties.
+            object.__setattr__(self, "test_resize", round(self.size / self.CROP_FRACTION))
+        elif self.test_resize < self.size:
+            raise ValueError(
+                f"resized-crop: test_resize {self.test_resize} is smaller than size {self.size}; the test view "
+                f"centre-crops size px from an image whose short side is test_resize px (default round(size / 0.875))"
+            )
 
     def sample(self, bits: np.ndarray) -> np.ndarray:
-        u = _unit(bits[:, :4])
+        u = _unit(bits[:, :-1])
         lo, hi = math.log(self.ratio_min), math.log(self.ratio_max)
-        scale = self.scale_min + (self.scale_max - self.scale_min) * u[:, 0]
-        log_ratio = lo + (hi - lo) * u[:, 1]
-        flip = (bits[:, 4] & np.uint64(1)).astype(np.float64)
-        return np.stack([scale, log_ratio, u[:, 2], u[:, 3], flip], axis=1).astype(self.param_dtype)
+        out = np.empty((len(bits), len(self.param_names)), dtype=np.float64)
+        out[:, 0 : 2 * self.ATTEMPTS : 2] = self.scale_min + (self.scale_max - self.scale_min) * u[:, 0 : 2 * self.ATTEMPTS : 2]
+        out[:, 1 : 2 * self.ATTEMPTS : 2] = lo + (hi - lo) * u[:, 1 : 2 * self.ATTEMPTS : 2]
+        out[:, -3:-1] = u[:, -2:]
+        out[:, -1] = bits[:, -1] & np.uint64(1)
+        return out.astype(self.param_dtype)
 
     def box(self, height: int, width: int, params: np.ndarray) -> tuple[int, int, int, int]:
-        """(top, left, h, w) in pixels of an image of the given size."""
-        scale, log_ratio, u, v = (float(x) for x in params[:4])
-        area, ratio = scale * height * width, math.exp(log_ratio)
-        w = min(max(int(round(math.sqrt(area * ratio))), 1), width)
-        h = min(max(int(round(math.sqrt(area / ratio))), 1), height)
-        top = min(int(u * (height - h + 1)), height - h)
-        left = min(int(v * (width - w + 1)), width - w)
-        return top, left, h, w
+        """(top, left, h, w) in pixels of an image of the given size, as torchvision picks it."""
+        area = height * width
+        candidates = np.asarray(params[: 2 * self.ATTEMPTS], dtype=np.float64).reshape(self.ATTEMPTS, 2)
+        for scale, log_ratio in candidates:
+            target_area, aspect_ratio = area * scale, math.exp(log_ratio)
+            w = int(round(math.sqrt(target_area * aspect_ratio)))
+            h = int(round(math.sqrt(target_area / aspect_ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                # u, v in [0, 1) pick one of the H - h + 1 rows uniformly, as torch.randint
+                # does; min() guards against a float32 u that rounded up to 1.0.
+                u, v = float(params[-3]), float(params[-2])
+                return min(int(u * (height - h + 1)), height - h), min(int(v * (width - w + 1)), width - w), h, w
+        # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio.
+        in_ratio = width / height
+        if in_ratio < self.ratio_min:
+            w, h = width, int(round(width / self.ratio_min))
+        elif in_ratio > self.ratio_max:
+            w, h = int(round(height * self.ratio_max)), height
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
 
     def apply(self, image: torch.Tensor, params: np.ndarray) -> torch.Tensor:
         top, left, h, w = self.box(image.shape[-2], image.shape[-1], params)
         view = TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
-        return view.flip(-1) if params[4] >= 0.5 else view
+        return view.flip(-1) if params[-1] >= 0.5 else view
 
     def test_view(self, image: torch.Tensor) -> torch.Tensor:
         return TF.center_crop(TF.resize(image, [self.test_resize], antialias=True), [self.size, self.size])
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "size": self.size, "scale_min": self.scale_min,
-            "scale_max": self.scale_max, "ratio_min": self.ratio_min,
-            "ratio_max": self.ratio_max, "test_resize": self.test_resize,
-        }
 
 
 FAMILIES: dict[str, type[ViewFamily]] = {cls.kind: cls for cls in (CropFlip, ResizedCropFlip)}
 
 
-def family_from_dict(d: dict[str, Any]) -> ViewFamily:
-    d = dict(d)
-    kind = d.pop("kind")
+def _family_class(kind: str) -> type[ViewFamily]:
     if kind not in FAMILIES:
         raise ValueError(f"unknown view family {kind!r}; choose from {sorted(FAMILIES)}")
-    return FAMILIES[kind](**d)
+    return FAMILIES[kind]
+
+
+def family_from_dict(d: dict[str, Any]) -> ViewFamily:
+    """The family a store or teacher recorded; one recorded by another version is refused."""
+    d = dict(d)
+    cls = _family_class(d.pop("kind"))
+    version = d.pop("version", 1)
+    if version != cls.version:
+        what = cls.earlier_versions.get(version, "unknown to this code")
+        raise ValueError(
+            f"view family {json.dumps({'kind': cls.kind, **d})} is {cls.kind} version {version} ({what}), "
+            f"not this code's version {cls.version}"
+        )
+    return cls(**d)
 
 
 def parse_family(spec: str) -> ViewFamily:
-    """'crop', 'crop:size=32,padding=4', 'resized-crop:size=224'."""
+    """'crop', 'crop:size=32,padding=4', 'resized-crop:size=224' (always this code's version)."""
     kind, _, rest = spec.partition(":")
-    kwargs: dict[str, Any] = {"kind": kind.strip()}
-    fields = {f.name: f.type for f in dataclasses.fields(FAMILIES[kind.strip()])} if kind.strip() in FAMILIES else {}
+    cls = _family_class(kind.strip())
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or key not in fields:
             raise ValueError(f"view family option {item!r} in {spec!r}: expected key=value with key in {sorted(fields)}")
-        kwargs[key] = float(value) if fields[key] == "float" else int(value)
-    return family_from_dict(kwargs)
+        try:
+            kwargs[key] = float(value) if fields[key] == "float" else int(value)
+        except ValueError:
+            raise ValueError(f"view family option {item!r} in {spec!r}: expected a number") from None
+    return cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +15,11 @@ from pipeline.data import load_dataset
 from pipeline.views import (
     CropFlip,
     ResizedCropFlip,
+    ViewFamily,
     ViewRequest,
     ViewSpec,
     batch_indices,
+    family_from_dict,
     hash_bits,
     parse_family,
     view_loader,
@@ -151,7 +156,7 @@ def test_resized_crop_boxes_stay_inside_and_test_view_is_resize_center_crop():
 def test_spec_round_trip_and_parse_errors():
     spec = ViewSpec.parse("pool:50", "crop:size=32,padding=4", seed=3)
     assert ViewSpec.from_dict(spec.to_dict()) == spec
-    assert str(parse_family("resized-crop:size=64")) == "resized-crop:size=64,scale_min=0.08,scale_max=1.0,ratio_min=0.75,ratio_max=1.3333333333333333,test_resize=256"
+    assert str(parse_family("resized-crop:size=64")) == "resized-crop:size=64,scale_min=0.08,scale_max=1.0,ratio_min=0.75,ratio_max=1.3333333333333333,test_resize=73"
     with pytest.raises(ValueError, match="view policy must be one of"):
         ViewSpec.parse("random:3")
     with pytest.raises(ValueError, match="positive integer"):
@@ -160,6 +165,8 @@ def test_spec_round_trip_and_parse_errors():
         ViewSpec.parse("per-epoch")
     with pytest.raises(ValueError, match="key in"):
         parse_family("crop:pad=3")
+    with pytest.raises(ValueError, match="'size=big' in 'resized-crop:size=big': expected a number"):
+        parse_family("resized-crop:size=big")
 
 
 def test_hash_bits_streams_are_independent():
@@ -167,3 +174,168 @@ def test_hash_bits_streams_are_independent():
     assert bits.dtype == np.uint64 and bits.shape == (10_000, 3)
     corr = np.corrcoef((bits % np.uint64(1000)).astype(float).T)
     assert np.abs(corr[np.triu_indices(3, 1)]).max() < 0.05
+
+
+# ---------------------------------------------------------------------------------------
+# resized-crop: torchvision's RandomResizedCrop distribution, and a test view at its scale
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two ECDFs."""
+    a, b = np.sort(a), np.sort(b)
+    x = np.concatenate([a, b])
+    return float(np.abs(np.searchsorted(a, x, "right") / len(a) - np.searchsorted(b, x, "right") / len(b)).max())
+
+
+def _torchvision_boxes(transform: v2.RandomResizedCrop, height: int, width: int, n: int, seed: int) -> np.ndarray:
+    """[n, 4] (top, left, h, w) from torchvision's own draw."""
+    image = torch.zeros(1, height, width)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        boxes = [transform.make_params([image]) for _ in range(n)]
+    return np.array([[b["top"], b["left"], b["height"], b["width"]] for b in boxes], dtype=np.float64)
+
+
+def test_torchvision_v1_and_v2_resized_crops_draw_alike():
+    """The reference below is v2's make_params; v1's get_params (the RLD code's) is the same."""
+    from torchvision import transforms as v1
+
+    image = torch.zeros(1, 100, 400)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        old = [v1.RandomResizedCrop.get_params(image, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(200)]
+    new = _torchvision_boxes(v2.RandomResizedCrop(224), 100, 400, 200, seed=3)
+    assert np.array_equal(np.array(old, dtype=np.float64), new)
+
+
+# Landscape and portrait photos (4:3), a square, and panoramas whose aspect lies outside
+# [3/4, 4/3], where most draws fail and torchvision's fallback decides the box.
+ASPECTS = [(375, 500), (500, 375), (300, 300), (100, 400), (400, 50)]
+
+
+@pytest.mark.parametrize("height,width", ASPECTS)
+def test_resized_crop_boxes_follow_torchvision_distribution(height, width):
+    n = 10_000
+    family = ResizedCropFlip(size=224)
+    params = ViewSpec(family, "per-epoch", 1, seed=0).params(np.arange(n), 0)
+    ours = np.array([family.box(height, width, p) for p in params], dtype=np.float64)
+    theirs = _torchvision_boxes(v2.RandomResizedCrop(224), height, width, n, seed=0)
+    assert ((ours[:, 0] >= 0) & (ours[:, 0] + ours[:, 2] <= height) & (ours[:, 1] >= 0) & (ours[:, 1] + ours[:, 3] <= width)).all()
+
+    def stats(b: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "area": b[:, 2] * b[:, 3] / (height * width),
+            "log_aspect": np.log(b[:, 3] / b[:, 2]),
+            "centre_y": (b[:, 0] + b[:, 2] / 2) / height,
+            "centre_x": (b[:, 1] + b[:, 3] / 2) / width,
+        }
+
+    # Two-sample KS at significance 0.001: D_crit = c(a) sqrt((n + m) / (n m)) with
+    # c(a) = sqrt(-ln(a / 2) / 2) = 1.949 (asymptotic; conservative for these discrete
+    # values). For n = m = 10,000 that is 0.028; the old clamped boxes were 0.13-0.84 off.
+    critical = math.sqrt(-math.log(0.001 / 2) / 2) * math.sqrt(2 / n)
+    a, b = stats(ours), stats(theirs)
+    for name in a:
+        assert _ks(a[name], b[name]) < critical, f"{height}x{width} {name}: KS {_ks(a[name], b[name]):.4f} >= {critical:.4f}"
+
+    # Histograms: each bin's share within a two-proportion z-test at 0.001 per histogram,
+    # Bonferroni-split over its bins: |p1 - p2| < z * sqrt(p (1 - p) * 2 / n).
+    for name, edges in (("area", np.linspace(0, 1, 11)), ("log_aspect", np.linspace(-0.3, 0.3, 7))):
+        p1 = np.histogram(np.clip(a[name], edges[0], edges[-1]), edges)[0] / n
+        p2 = np.histogram(np.clip(b[name], edges[0], edges[-1]), edges)[0] / n
+        z = NormalDist().inv_cdf(1 - 0.001 / (2 * len(p1)))
+        pooled = (p1 + p2) / 2
+        assert (np.abs(p1 - p2) <= z * np.sqrt(pooled * (1 - pooled) * 2 / n) + 1e-12).all(), (name, p1, p2)
+
+
+@pytest.mark.parametrize("scale,ratio", [(0.3, 1.0), (0.9, 1.3), (0.6, 0.5), (1.0, 2.5), (0.05, 0.2), (2.0, 1.0)])
+@pytest.mark.parametrize("height,width", [(375, 500), (500, 375), (64, 64), (20, 90), (90, 20)])
+def test_resized_crop_box_equals_torchvision_for_the_same_draw(scale, ratio, height, width):
+    """With one-point scale and ratio ranges every draw is the same, so torchvision and this
+    family must pick the same box size: the candidate when it fits, else the same fallback
+    (the image cut to the ratio range, also when the image's aspect lies outside it)."""
+    family = ResizedCropFlip(size=32, scale_min=scale, scale_max=scale, ratio_min=ratio, ratio_max=ratio)
+    params = ViewSpec(family, "pool", 1, seed=4).params(np.arange(50), 0)
+    expected = _torchvision_boxes(v2.RandomResizedCrop(32, scale=(scale, scale), ratio=(ratio, ratio)), height, width, 50, seed=1)
+    ours = np.array([family.box(height, width, p) for p in params], dtype=np.float64)
+    assert (ours[:, 2:] == expected[:, 2:]).all(), (ours[0], expected[0])
+    # 50 identical torchvision positions: its centred fallback (or a box the size of the
+    # image); anything else would repeat with probability <= 2^-49. Ours must agree there.
+    if (expected[:, :2] == expected[0, :2]).all():
+        assert (ours[:, :2] == expected[0, :2]).all()
+
+
+def test_resized_crop_params_are_candidates_in_range_then_position_and_flip():
+    family = ResizedCropFlip(size=64, scale_min=0.1, scale_max=0.9)
+    params = ViewSpec(family, "pool", 1, seed=1).params(np.arange(20_000), 0).astype(np.float64)
+    assert params.shape == (20_000, 2 * ResizedCropFlip.ATTEMPTS + 3) and len(family.param_names) == params.shape[1]
+    scales, log_ratios = params[:, 0:20:2], params[:, 1:20:2]
+    assert scales.min() >= 0.1 and scales.max() <= 0.9
+    assert log_ratios.min() >= math.log(3 / 4) - 1e-6 and log_ratios.max() <= math.log(4 / 3) + 1e-6
+    # Every stream uniform and independent: means within 4 standard errors of 1/2 (SE of a
+    # uniform's mean sqrt(1/12/n), of a fair coin's sqrt(1/4/n)); correlations within
+    # 4 / sqrt(n), the SE of a correlation of independent streams. 4 SE: a two-sided chance
+    # of 6e-5 per statistic, under 2% over all 253 pairs.
+    unit = np.column_stack([(scales - 0.1) / 0.8, (log_ratios - math.log(3 / 4)) / math.log(16 / 9), params[:, 20:]])
+    se = math.sqrt(1 / 12 / 20_000)
+    assert np.abs(unit[:, :22].mean(0) - 0.5).max() < 4 * se
+    assert abs(unit[:, 22].mean() - 0.5) < 4 * math.sqrt(0.25 / 20_000)
+    corr = np.corrcoef(unit.T)
+    assert np.abs(corr[np.triu_indices(len(corr), 1)]).max() < 4 / math.sqrt(20_000)
+
+
+def test_resized_crop_test_view_size_and_errors():
+    # torchvision's ImageNet pair 256/224 at every size: round(size / 0.875).
+    assert [ResizedCropFlip(size=s).test_resize for s in (32, 64, 96, 128, 160, 192, 224)] == [37, 73, 110, 146, 183, 219, 256]
+    assert ResizedCropFlip(size=32, test_resize=40).test_resize == 40
+    assert parse_family("resized-crop:size=32") == parse_family("resized-crop:size=32,test_resize=37")
+    image = torch.randint(0, 256, (3, 50, 80), dtype=torch.uint8)
+    expected = v2.Compose([v2.Resize(37, antialias=True), v2.CenterCrop(32)])(image)
+    assert torch.equal(ResizedCropFlip(size=32).test_view(image), expected)
+    with pytest.raises(ValueError, match="test_resize 31 is smaller than size 32"):
+        parse_family("resized-crop:size=32,test_resize=31")
+    with pytest.raises(ValueError, match="scale_min <= scale_max"):
+        parse_family("resized-crop:scale_min=0.9,scale_max=0.5")
+    with pytest.raises(ValueError, match="ratio_min <= ratio_max"):
+        parse_family("resized-crop:ratio_min=2.0")
+
+
+def _ramp(height: int, width: int) -> torch.Tensor:
+    """A horizontal grey ramp 0..255: a view's slope tells how much it magnifies the image."""
+    return torch.linspace(0, 255, width).round().to(torch.uint8).expand(3, height, width).contiguous()
+
+
+def _magnification(view: torch.Tensor, source_slope: float) -> tuple[float, float]:
+    """(view px per image px, its relative error bound) from the ramp's slope in the view.
+
+    Measured between columns a and b of the central rows, clear of padding and of the
+    resampling's border; every pixel is rounded to an integer (<= 0.5 off, and the ramp
+    itself was rounded), so the slope is within 1 / (b - a) of the true one.
+    """
+    s = view.shape[-1]
+    a, b = s // 4, s - s // 4 - 1
+    rows = view[0, a : b + 1].float()
+    slope = abs((rows[:, b] - rows[:, a]).mean().item()) / (b - a)
+    return source_slope / slope, (1 / (b - a)) / slope
+
+
+@pytest.mark.parametrize("family,shapes", [
+    pytest.param(CropFlip(32, 4), [(32, 32), (28, 28)], id="crop-32"),
+    *(pytest.param(ResizedCropFlip(size=s), [(round(1.3 * s), round(1.6 * s)), (round(1.6 * s), round(1.3 * s)),
+                                             (round(0.7 * s), round(0.8 * s))], id=f"resized-crop-{s}")
+      for s in (32, 64, 128, 224)),
+])
+def test_test_view_shows_content_at_the_scale_of_the_training_views(family: ViewFamily, shapes):
+    """The test view of an image magnifies it as much as a typical training view of it does:
+    within the central 90% (5th-95th percentile) of 200 training views' magnifications."""
+    params = ViewSpec(family, "pool", 1, seed=0).params(np.arange(200), 0)
+    for height, width in shapes:
+        image, source_slope = _ramp(height, width), 255 / (width - 1)
+        train = [_magnification(family.apply(image, p), source_slope) for p in params]
+        scales, errors = np.array([m for m, _ in train]), max(e for _, e in train)
+        test, error = _magnification(family.test_view(image), source_slope)
+        low, high = np.percentile(scales, [5, 95])
+        tol = errors + error
+        assert low * (1 - tol) <= test <= high * (1 + tol), (
+            f"{family} on {height}x{width}: the test view magnifies {test:.2f}x, training views {low:.2f}-{high:.2f}x"
+        )
