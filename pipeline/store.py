@@ -39,6 +39,8 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from pipeline.views import family_from_dict
+
 FORMAT_VERSION = 1
 FORMAT_NAME = "rld-logit-store"
 CHUNK_BYTES = 4 << 20  # ~4 MiB per logits chunk: fast whole-slot reads, cheap units
@@ -110,8 +112,21 @@ def compare(expected: dict[str, Any], found: dict[str, Any], fields: tuple[str, 
     lines = []
     for field in fields:
         if field in want and _jsonable(want[field]) != _jsonable(have.get(field)):
-            lines.append(f"{field}: store has {_short(have.get(field))}, requested {_short(want[field])}")
+            a, b = _jsonable(have.get(field)), _jsonable(want[field])
+            if isinstance(a, dict) and isinstance(b, dict):  # a family: show only the keys that differ
+                keys = [k for k in {**a, **b} if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+                a, b = ({k: d.get(k, _ABSENT) for k in keys} for d in (a, b))
+                lines.append(f"{field}: store has {_entries(a)}, requested {_entries(b)}")
+            else:
+                lines.append(f"{field}: store has {_short(a)}, requested {_short(b)}")
     return lines
+
+
+_ABSENT = "(absent)"
+
+
+def _entries(d: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v if v is _ABSENT else _short(v)}" for k, v in d.items()) + "}"
 
 
 def _short(value: Any) -> str:
@@ -239,6 +254,13 @@ class LogitStore:
             raise StoreError(f"{path}: a Zarr group, but not an rld logit store (attribute format.name != {FORMAT_NAME!r})")
         if fmt.get("version") != FORMAT_VERSION:
             raise StoreError(f"{path}: store format version {fmt.get('version')}, this code reads version {FORMAT_VERSION}")
+        family = (group.attrs.get("views") or {}).get("family")
+        try:
+            if family is not None:
+                family_from_dict(family)
+        except (ValueError, TypeError) as err:
+            # Its stored view parameters would be replayed as other views: never mix them.
+            raise StoreError(f"{path}: made with {err}; dump it again with this code") from None
         return cls(path, group)
 
     @property

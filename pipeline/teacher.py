@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline import models
+from pipeline.views import family_from_dict
 
 TEACHER_FORMAT = "rld-teacher"
 TEACHER_FORMAT_VERSION = 1
@@ -113,6 +114,15 @@ def load_teacher(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     digest = weights_sha256(payload["model"])
     if digest != payload["weights_sha256"]:
         raise ValueError(f"{path}: weights hash {digest[:12]}… differs from the recorded {payload['weights_sha256'][:12]}… (file corrupted or edited)")
+    if payload.get("family"):
+        try:
+            family_from_dict(payload["family"])
+        except (ValueError, TypeError) as err:
+            # Its recorded accuracy was measured on other test views; the weights are fine.
+            raise ValueError(
+                f"{path}: its test accuracy was measured with {err}; measure it again with "
+                f"`rld teacher import --arch {payload['arch']} --weights {path} --dataset ... --out NEW.pt`"
+            ) from None
     model = models.build(payload["arch"], payload["num_classes"], in_channels=payload["in_channels"])
     models.load_weights(model, payload["model"], arch=payload["arch"])
     return Teacher(
