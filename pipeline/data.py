@@ -340,21 +340,56 @@ def _load_imagefolder(
     split: str, root: Path, *, download: bool, resize: int | None = None, channels: int = 3,
     test_split: str = "val",
 ) -> ImageSet:
-    """`root/train/<class>/*.jpg` and `root/<test_split>/<class>/*` (ImageNet's layout)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    """`root/train/<class>/*.jpg` and `root/<test_split>/<class>/*` (ImageNet's layout).
+
+    Hidden folders and files (names starting with '.', such as `.ipynb_checkpoints`) are
+    not classes or images. Both splits must name the same classes: a label is the index of
+    its class among the sorted names, so a class missing from one split would shift them.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
     folder = root / ("train" if split == "train" else test_split)
     if not folder.is_dir():
         raise DatasetError(f"imagefolder: no folder {folder} (expected {folder}/<class>/<image files>)")
-    classes, class_to_idx = find_classes(str(folder))
-    samples = make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
-    if not samples:
-        raise DatasetError(f"imagefolder: no images under {folder}")
+    _check_same_classes(root / "train", root / test_split)
+    classes = _class_folders(folder)
+    if not classes:
+        raise DatasetError(f"imagefolder: no class folders in {folder} (expected {folder}/<class>/<image files>)")
+
+    def is_image(path: str) -> bool:
+        visible = not any(part.startswith(".") for part in Path(path).relative_to(folder).parts)
+        return visible and has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+    try:
+        samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, is_valid_file=is_image)
+    except FileNotFoundError as err:  # a class folder without images
+        raise DatasetError(f"imagefolder: {folder}: {err} (extensions {', '.join(IMG_EXTENSIONS)})") from None
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,) * channels, (0.5,) * channels)
     return ImageSet(
         "imagefolder", split, [label for _, label in samples], classes, mean, std,
         files=[path for path, _ in samples], resize=resize,
     )
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """Sorted names of the visible sub-folders: one per class."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def _check_same_classes(train: Path, test: Path) -> None:
+    """Name the classes each split lacks, when both split folders exist."""
+    if not (train.is_dir() and test.is_dir()):
+        return
+    a, b = set(_class_folders(train)), set(_class_folders(test))
+    if a == b:
+        return
+
+    def names(missing: set[str]) -> str:
+        shown = sorted(missing)[:8]
+        return ", ".join(shown) + (f" and {len(missing) - len(shown)} more" if len(missing) > len(shown) else "")
+
+    lacks = [f"{folder} lacks {names(m)}" for folder, m in ((test, a - b), (train, b - a)) if m]
+    raise DatasetError(f"imagefolder: train and {test.name} need the same class folders: {'; '.join(lacks)}")
 
 
 def _decode(path: str, channels: int, resize: int | None) -> torch.Tensor:
@@ -369,6 +404,56 @@ def _decode(path: str, channels: int, resize: int | None) -> torch.Tensor:
     if resize is not None:
         image = F.resize(image, [resize, resize], antialias=True)
     return image
+
+
+@dataclass
+class DecodeCheck:
+    """What decoding every file of a folder-backed set found."""
+
+    files: int
+    bad: list[str]  # one line per file that fails: its path and why
+    short_sides: tuple[int, int] | None  # (smallest, largest) short side of the good images, px
+
+
+class _DecodeEach(torch.utils.data.Dataset):
+    """Item i: (i, (height, width) or None, the decoding error or "")."""
+
+    def __init__(self, images: ImageSet):
+        self.files, self.channels = images.files, images.in_channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[int, tuple[int, int] | None, str]:
+        try:
+            return i, tuple(_decode(self.files[i], self.channels, None).shape[-2:]), ""
+        except DatasetError as err:
+            return i, None, str(err)
+
+
+def check_decodes(images: ImageSet, *, num_workers: int = 0, progress: bool = True) -> DecodeCheck:
+    """Decode every file of `images` in DataLoader worker processes; report the ones that fail.
+
+    A training run or dump decodes lazily and would stop at the first bad file, maybe hours
+    in; this finds all of them in one pass. Sets held in memory have nothing to decode.
+    """
+    from tqdm import tqdm
+
+    if images.files is None:
+        return DecodeCheck(len(images), [], None)
+    loader = torch.utils.data.DataLoader(
+        _DecodeEach(images), batch_size=32, num_workers=num_workers, collate_fn=list,
+    )
+    bad, sides = [], []
+    with tqdm(total=len(images), unit="image", disable=not progress, desc=f"decode {images.split}") as bar:
+        for batch in loader:
+            for i, shape, error in batch:
+                if error:
+                    bad.append(error)
+                else:
+                    sides.append(min(shape))
+            bar.update(len(batch))
+    return DecodeCheck(len(images), bad, (min(sides), max(sides)) if sides else None)
 
 
 def _load_synthetic(

@@ -11,12 +11,14 @@ def main() -> None:
     """Offline-logit knowledge distillation with Refined Logit Distillation (RLD)."""
 
 
+from stages.data import data  # noqa: E402
 from stages.dump import dump_cmd  # noqa: E402
 from stages.report import report_cmd  # noqa: E402
 from stages.student import student  # noqa: E402
 from stages.teacher import teacher  # noqa: E402
 from stages.verify import verify_cmd  # noqa: E402
 
+main.add_command(data)
 main.add_command(teacher)
 main.add_command(dump_cmd)
 main.add_command(student)
