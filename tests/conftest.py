@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,44 @@ def cli(*args: str):
     from stages.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+SHAPES = ("disc", "ring", "square", "cross")
+
+
+def make_image_folder(root: Path, *, train: int = 60, test: int = 25, sides: tuple[int, int] = (20, 47),
+                      seed: int = 0) -> Path:
+    """A small own-data tree as users have them: `root/{train,val}/<shape>/*`.
+
+    Each image is a shape (one class per shape) on a noisy background, with mixed sizes
+    (`sides`, height and width drawn independently), PNG and JPEG, RGB and grey. A shape is
+    told apart by its outline, so a view that magnifies the image far more than training
+    did (a centre crop of an image scaled way up) sees a blob and guesses.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train), ("val", test)):
+        for label, shape in enumerate(SHAPES):
+            folder = root / split / shape
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                h, w = (int(s) for s in rng.integers(sides[0], sides[1] + 1, 2))
+                y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+                cy, cx = h / 2 + rng.uniform(-0.1, 0.1) * h, w / 2 + rng.uniform(-0.1, 0.1) * w
+                r = rng.uniform(0.3, 0.42) * min(h, w)
+                dy, dx = np.abs(y - cy), np.abs(x - cx)
+                mask = {
+                    "disc": np.hypot(dy, dx) <= r,
+                    "ring": np.abs(np.hypot(dy, dx) - 0.75 * r) <= 0.25 * r,
+                    "square": np.maximum(dy, dx) <= 0.85 * r,
+                    "cross": (np.minimum(dy, dx) <= 0.3 * r) & (np.maximum(dy, dx) <= r),
+                }[shape]
+                background, colour = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+                colour = np.where(np.abs(colour - background) < 80, (background + 128) % 256, colour)
+                pixels = np.where(mask[..., None], colour, background) + rng.normal(0, 20, (h, w, 3))
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+                if i % 3 == 2:
+                    image = image.convert("L")
+                image.save(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
+    return root
