@@ -41,8 +41,20 @@ REPORT = config.get("report_dir", "reports")
 _threads = config.get("threads", 2)
 THREADS = {job: _threads.get(job, 2) if isinstance(_threads, dict) else _threads for job in ("teacher", "dump", "student")}
 GPUS = config.get("gpus_per_job", 0)
-# A student with several GPUs trains with DDP, one torchrun rank per GPU.
-TRAIN_STUDENT = (
+# Snakemake's local executor does not say which GPU a job may use, so GPU jobs run under
+# `rld on-gpus`: it waits for a free slot on GPUS devices of their own (jobs_per_gpu slots
+# per device) and sets CUDA_VISIBLE_DEVICES; a slot is freed when its job ends, however.
+# Teachers and dump shards are one process on one GPU; a student with several GPUs trains
+# with DDP, one torchrun rank per GPU.
+ONE_GPU = min(GPUS, 1)
+
+
+def on_gpus(count):
+    return f"{RLD} on-gpus --gpus {count} --jobs-per-gpu {config.get('jobs_per_gpu', 1)} -- " if count else ""
+
+
+ON_ONE_GPU = on_gpus(ONE_GPU)
+TRAIN_STUDENT = on_gpus(GPUS) + (
     f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone --nproc-per-node {GPUS} -m stages.cli"
     if GPUS > 1 else RLD
 )
@@ -156,9 +168,9 @@ rule teacher:
         cmd=teacher_command,
     threads: THREADS["teacher"]
     resources:
-        gpu=GPUS,
+        gpu=ONE_GPU,
     shell:
-        "OMP_NUM_THREADS={threads} {RLD} {params.cmd} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} {params.cmd} --out {output} > {log} 2>&1"
 
 
 rule dump_shard:
@@ -176,9 +188,9 @@ rule dump_shard:
         args=dump_args,
     threads: THREADS["dump"]
     resources:
-        gpu=GPUS,
+        gpu=ONE_GPU,
     shell:
-        "OMP_NUM_THREADS={threads} {RLD} dump --teacher {input.teacher} {params.args} "
+        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} "
         "--shard {wildcards.shard}/{wildcards.shards} --quiet --out cache/logits/{wildcards.store}.zarr > {log} 2>&1"
 
 

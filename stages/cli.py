@@ -13,6 +13,7 @@ def main() -> None:
 
 from stages.data import data  # noqa: E402
 from stages.dump import dump_cmd  # noqa: E402
+from stages.gpu import on_gpus_cmd  # noqa: E402
 from stages.report import report_cmd  # noqa: E402
 from stages.student import student  # noqa: E402
 from stages.teacher import teacher  # noqa: E402
@@ -21,6 +22,7 @@ from stages.verify import verify_cmd  # noqa: E402
 main.add_command(data)
 main.add_command(teacher)
 main.add_command(dump_cmd)
+main.add_command(on_gpus_cmd)
 main.add_command(student)
 main.add_command(verify_cmd)
 main.add_command(report_cmd)

@@ -1,0 +1,92 @@
+"""GPU slots on one machine: concurrent jobs never share a slot, a killed job's slot comes back.
+
+No GPU is needed: the device list is simulated, and what a job sees is CUDA_VISIBLE_DEVICES.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SUBPROCESS_ENV, rld
+from pipeline.gpu_slots import acquire
+
+# A job: take slots through the library, exec a command that logs its devices and lifetime.
+JOB = """
+import sys
+from pathlib import Path
+from pipeline.gpu_slots import acquire, exec_on
+count, per_gpu, devices, lock_dir, log, hold = sys.argv[1:7]
+slots = acquire(int(count), devices.split(","), per_gpu=int(per_gpu), lock_dir=Path(lock_dir), poll=0.02)
+exec_on(slots, [sys.executable, "-c", '''
+import json, os, sys, time
+start = time.time(); time.sleep(float(sys.argv[2]))
+with open(sys.argv[1], "a") as f:
+    f.write(json.dumps({"devices": os.environ["CUDA_VISIBLE_DEVICES"].split(","), "start": start, "end": time.time()}) + "\\\\n")
+''', log, hold])
+"""
+
+
+def job(tmp_path: Path, count: int, per_gpu: int, devices: str, hold: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", JOB, str(count), str(per_gpu), devices, str(tmp_path / "locks"),
+                             str(tmp_path / "log.jsonl"), str(hold)], env={**os.environ, **SUBPROCESS_ENV})
+
+
+def runs(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+
+
+def max_concurrency(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.parametrize(("per_gpu", "count"), [(1, 1), (2, 1), (1, 2)])
+def test_concurrent_jobs_never_share_a_slot(tmp_path, per_gpu, count):
+    devices = ["0", "1", "2"]
+    procs = [job(tmp_path, count, per_gpu, ",".join(devices), hold=0.4) for _ in range(7)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    done = runs(tmp_path)
+    assert len(done) == 7 and all(len(r["devices"]) == count and len(set(r["devices"])) == count for r in done)
+    for device in devices:
+        on_device = [(r["start"], r["end"]) for r in done if device in r["devices"]]
+        assert max_concurrency(on_device) <= per_gpu, (device, on_device)
+    if count == 1:  # one-device jobs spread over every device rather than queueing on one
+        assert {d for r in done for d in r["devices"]} == set(devices)
+
+
+def test_a_killed_job_gives_its_slot_back(tmp_path):
+    holder = job(tmp_path, 1, 1, "7", hold=60)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the holder owns the only slot
+        try:
+            acquire(1, ["7"], lock_dir=tmp_path / "locks", timeout=0).release()
+            time.sleep(0.05)
+        except TimeoutError:
+            break
+    with pytest.raises(TimeoutError, match="no 1 GPU"):
+        acquire(1, ["7"], lock_dir=tmp_path / "locks", timeout=0.3, poll=0.05)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    slots = acquire(1, ["7"], lock_dir=tmp_path / "locks", timeout=10, poll=0.05)
+    assert slots.devices == ["7"]
+    slots.release()
+
+
+def test_the_cli_sets_the_devices_of_the_command(tmp_path):
+    args = ["on-gpus", "--gpus", "2", "--devices", "3,5,9", "--lock-dir", str(tmp_path), "--",
+            sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]
+    assert rld(*args, cwd=REPO).stdout.strip() == "3,5"
+    failed = rld("on-gpus", "--gpus", "4", "--devices", "0,1", "--lock-dir", str(tmp_path), "--", "true", check=False)
+    assert failed.returncode == 1 and "asks for 4 GPUs but this machine offers 2 (0,1)" in failed.stderr
