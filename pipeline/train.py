@@ -174,6 +174,19 @@ class OnlineSignal(ViewsOnly):
         return {"kind": self.kind, "teacher": self.teacher.describe(), "views": self.spec.to_dict()}
 
 
+def _check_inputs(plan: EpochPlan, indices: np.ndarray, crc: np.ndarray, epoch: int) -> None:
+    """Every batch's views must be the ones the teacher saw (a few us a batch: always on)."""
+    if plan.crc is None:
+        return
+    bad = np.flatnonzero(crc != plan.crc[indices].astype(np.int64))
+    if len(bad):
+        raise StoreError(
+            f"epoch {epoch + 1}: the view of sample {int(indices[bad[0]])} differs from the one the teacher saw "
+            f"(input crc32 mismatch, {len(bad)} of {len(indices)} in this batch): the dataset or view code "
+            "changed since the store was written, or the store is damaged"
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # The loop
 
@@ -361,11 +374,7 @@ def _train_epoch(run: _Run, plan: EpochPlan, train_set: ImageSet, signal: ViewsO
     correct = torch.zeros((), device=device)
     start = time.perf_counter()
     for step, (views, _labels, idx, crc) in enumerate(loader):
-        if step == 0 and plan.crc is not None and not np.array_equal(crc, plan.crc[idx].astype(np.int64)):
-            raise StoreError(
-                "the views this run builds differ from the ones the teacher saw (input crc32 mismatch): "
-                "the dataset or view code changed since the store was written"
-            )
+        _check_inputs(plan, idx, crc, epoch)
         x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
         idx = to_device(idx, device)
         y = labels[idx]

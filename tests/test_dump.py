@@ -193,6 +193,20 @@ def test_verify_accepts_a_faithful_store_and_catches_tampering(tmp_path, teacher
     assert bad.exit_code == 1 and "FAILED" in bad.stdout
 
 
+def test_verify_reports_every_input_crc_mismatch(tmp_path, teacher_file):
+    """Five views whose recorded input crc32 differs from the view re-built from their parameters
+    (the logits untouched): verify re-runs all 384 views, counts the five and fails."""
+    store_path = tmp_path / "s.zarr"
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
+    crc = LogitStore.open(store_path, mode="r+").group["input_crc"]
+    for slot, sample in ((0, 95), (1, 3), (1, 50), (2, 17), (3, 0)):
+        crc[slot, sample] = crc[slot, sample] ^ 0x10
+    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
+    assert bad.exit_code == 1
+    report = json.loads(bad.stdout)
+    assert report["views_checked"] == 384 and report["input_mismatches"] == 5 and report["ok"] is False
+
+
 def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
     store = str(tmp_path / "s.zarr")
     dumped = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", store)

@@ -19,8 +19,17 @@ from pipeline.dump import dump
 from pipeline.inference import default_family
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
-from pipeline.train import OnlineSignal, RunExists, StoreSignal, TrainConfig, ViewsOnly, learning_rate, train
-from pipeline.views import ViewSpec
+from pipeline.train import (
+    OnlineSignal,
+    RunExists,
+    StoreSignal,
+    TrainConfig,
+    ViewsOnly,
+    epoch_order,
+    learning_rate,
+    train,
+)
+from pipeline.views import ViewSpec, batch_indices
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +186,21 @@ def test_a_store_needs_the_teacher_for_distillation(tmp_path, synth):
     train_set, test_set = synth
     with pytest.raises(ValueError, match="needs a teacher"):
         train(cfg(), train_set, test_set, ViewsOnly(ViewSpec.parse("per-epoch:3")), tmp_path / "x", progress=False)
+
+
+def test_training_refuses_views_whose_crc_differs_anywhere_in_an_epoch(tmp_path, synth, store32):
+    """One sample in the last batch of epoch 2 whose stored input crc32 differs from the view
+    the student builds: training stops there, naming it, with epoch 1 checkpointed."""
+    train_set, test_set = synth
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store32.path, copy)
+    last = batch_indices(96, 32, epoch_order(1, 1, 96))[-1]
+    sample = int(last[-1])
+    crc = LogitStore.open(copy, mode="r+").group["input_crc"]
+    crc[1, sample] = crc[1, sample] ^ 1
+    with pytest.raises(StoreError, match=rf"epoch 2: the view of sample {sample} differs .*1 of 32 in this batch"):
+        train(cfg(), train_set, test_set, StoreSignal(LogitStore.open(copy)), tmp_path / "run", progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
 def test_student_refuses_an_incomplete_store(tmp_path, store32):
