@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from pathlib import Path
 
 import numpy as np
@@ -125,19 +126,43 @@ def test_mismatching_provenance_names_every_differing_field(tmp_path):
     assert store_id(provenance(teacher__accuracy={"top1": 1.0})) == store_id(provenance())
 
 
-def _create_in_process(path: str, barrier) -> str:
+def _race(path: str, racer: int, barrier) -> str:
+    """One of several processes creating the same store at the same moment, then writing one
+    unit of its own into it; returns the creation record of the store it ended up with."""
+    # Every array takes 20 ms to create, as on a slow network file system: a store built in
+    # place would be visible half-made, or rebuilt under a racer that already wrote into it.
+    create_array = zarr.Group.create_array
+
+    def slow_create_array(self, *args, **kwargs):
+        time.sleep(0.02)
+        return create_array(self, *args, **kwargs)
+
+    zarr.Group.create_array = slow_create_array
     barrier.wait()
-    return make(Path(path)).id
+    # `created` is a record-only field, as in a real dump: it differs per racer, not the id.
+    store = make(Path(path), provenance(created=f"racer {racer}"))
+    fill(store, [RACE_UNITS[racer]])
+    return store.attrs["created"]
+
+
+RACE_UNITS = [Unit(0, 0), Unit(0, 2), Unit(1, 1), Unit(-1, 1)]
 
 
 def test_concurrent_creation_makes_the_store_exactly_once(tmp_path):
     ctx = mp.get_context("spawn")
     path = str(tmp_path / "race.zarr")
     with ctx.Manager() as manager:
-        barrier = manager.Barrier(4)
-        with ctx.Pool(4) as pool:
-            ids = pool.starmap(_create_in_process, [(path, barrier)] * 4)
-    assert len(set(ids)) == 1
+        barrier = manager.Barrier(len(RACE_UNITS))
+        with ctx.Pool(len(RACE_UNITS)) as pool:
+            seen = pool.starmap(_race, [(path, i, barrier) for i in range(len(RACE_UNITS))])
+    # One store, made by one racer: every racer opened that one (no half-made store, no
+    # second creation under it), and every unit any racer wrote is still there.
+    store = LogitStore.open(path)
+    assert len(set(seen)) == 1 and store.attrs["created"] == seen[0], seen
+    train, evals = store.done_mask()
+    assert [bool(evals[u.chunk] if u.is_eval else train[u.slot, u.chunk]) for u in RACE_UNITS] == [True] * 4
+    assert int(train.sum() + evals.sum()) == 4
+    assert store.read_logits(1)[5, 2] == 5 + 100 + 2  # Unit(1, 1) holds samples 4-7
     assert [p.name for p in tmp_path.iterdir()] == ["race.zarr"]  # no temporary leftovers
 
 
