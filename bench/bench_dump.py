@@ -1,7 +1,7 @@
 """Stage 1 overhead: `rld dump` throughput against the same teacher's bare batched inference.
 
-Both run the same teacher, batch size, device, autocast and channels_last over the same
-views, alternating, in one process. "bare" only builds each view batch and runs the
+Both run the same teacher, batch size and numerics (`rld dump`'s defaults for the device:
+autocast, memory format) over the same views, alternating, in one process. "bare" only builds each view batch and runs the
 teacher; "dump" is pipeline.dump.dump: DataLoader, crc32 of every input, finiteness
 checks, whole-chunk Zarr writes, fsync and markers. The target is dump/bare >= 0.9.
 
@@ -22,12 +22,12 @@ import torch
 from common import device_args, machine, random_teacher, resolve, save, synthetic_cifar
 from pipeline.data import to_model_input
 from pipeline.dump import dump
-from pipeline.runtime import autocast
+from pipeline.inference import Numerics
 from pipeline.store import LogitStore
 from pipeline.views import ViewSpec, batch_indices
 
 
-def bare_inference(model, images, test, spec, batch_size, device, amp) -> int:
+def bare_inference(model, images, test, spec, batch_size, device, numerics) -> int:
     """The teacher alone over the same views (and the test split): the ceiling for a dump."""
     views = 0
     with torch.inference_mode():
@@ -36,10 +36,7 @@ def bare_inference(model, images, test, spec, batch_size, device, amp) -> int:
             for idx in batch_indices(len(source), batch_size):
                 batch = source.batch(idx)
                 v = spec.family.test_batch(batch) if slot < 0 else spec.family.apply_batch(batch, spec.params(idx, slot))
-                x = to_model_input(v, images.mean, images.std, device=device, channels_last=True)
-                with autocast(device, amp):
-                    logits = model(x)
-                logits.float().cpu()
+                numerics.forward(model, to_model_input(v, images.mean, images.std, device=device)).cpu()
                 views += len(idx)
     return views
 
@@ -59,17 +56,18 @@ def main() -> None:
 
     train, test = synthetic_cifar(args.samples)
     teacher = random_teacher(args.arch, train)
-    model = teacher.model.to(device).to(memory_format=torch.channels_last)
+    numerics = Numerics.resolve(device, amp)
+    model = numerics.prepare(teacher.model, device)
     spec = ViewSpec.parse(args.views, "crop", seed=0)
     workdir = Path(tempfile.mkdtemp(prefix="bench-dump-"))
-    bare_inference(model, train, test, ViewSpec.parse("per-epoch:1", "crop"), args.batch_size, device, amp)  # warm-up
+    bare_inference(model, train, test, ViewSpec.parse("per-epoch:1", "crop"), args.batch_size, device, numerics)  # warm-up
 
     best = {"bare": 0.0, "dump": 0.0}
     store_bytes = views_total = 0
     try:
         for r in range(args.rounds):
             start = time.perf_counter()
-            views_total = bare_inference(model, train, test, spec, args.batch_size, device, amp)
+            views_total = bare_inference(model, train, test, spec, args.batch_size, device, numerics)
             best["bare"] = max(best["bare"], views_total / (time.perf_counter() - start))
 
             path = workdir / f"round{r}.zarr"

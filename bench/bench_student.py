@@ -48,7 +48,7 @@ def main() -> None:
         runs = {
             "a_student_alone_ce": ("ce", lambda: ViewsOnly(spec)),
             "b_offline_rld_store": ("rld", lambda: StoreSignal(store)),
-            "c_online_rld_teacher": ("rld", lambda: OnlineSignal(teacher, spec, amp=amp)),
+            "c_online_rld_teacher": ("rld", lambda: OnlineSignal(teacher, spec, store.numerics.on(device))),
         }
         best = {name: 0.0 for name in runs}
         for r in range(args.rounds):

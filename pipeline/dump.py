@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import platform
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.data import ImageSet
-from pipeline.inference import forward_batches
+from pipeline.inference import Numerics, forward_batches
 from pipeline.runtime import code_version, resolve_workers
 from pipeline.store import Layout, LogitStore, Unit, create_or_open, plan_layout, store_id
 from pipeline.teacher import Teacher
@@ -31,9 +32,13 @@ class NonFiniteLogits(RuntimeError):
 
 
 def build_provenance(
-    teacher: Teacher, train: ImageSet, test: ImageSet, spec: ViewSpec, *, dtype: str, amp: str
+    teacher: Teacher, train: ImageSet, test: ImageSet, spec: ViewSpec, *, dtype: str, numerics: Numerics
 ) -> dict[str, Any]:
-    """What a store records about where its logits came from (see DESIGN.md)."""
+    """What a store records about where its logits came from (see DESIGN.md).
+
+    `inference` holds the teacher's numerics (identity: they change the logits) and, as a
+    record only, the torch version and device name of the process that created the store.
+    """
     provenance = {
         "teacher": teacher.describe(),
         "dataset": train.describe(class_names=True),
@@ -41,12 +46,23 @@ def build_provenance(
         "normalization": train.normalization,
         "views": spec.to_dict(),
         "dtype": dtype,
-        "inference": {"amp": amp},
+        "inference": {**numerics.to_dict(), "torch": torch.__version__, "device_name": _device_name(numerics.device)},
         "code_version": code_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     provenance["store_id"] = store_id(provenance)
     return provenance
+
+
+def _device_name(device_type: str) -> str:
+    """The GPU or CPU model: kernels, and so float rounding, can differ between models."""
+    if device_type == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
 
 
 def check_compatible(teacher: Teacher, train: ImageSet) -> None:
@@ -83,8 +99,8 @@ def dump(
     shard: tuple[int, int] = (0, 1),
     batch_size: int | None = None,
     device: torch.device = torch.device("cpu"),
-    amp: str = "off",
-    channels_last: bool = True,
+    amp: str = "auto",
+    channels_last: bool | None = None,
     num_workers: int | None = None,
     chunk_samples: int | None = None,
     progress: bool = True,
@@ -92,13 +108,15 @@ def dump(
 ) -> DumpResult:
     """Fill shard `shard` = (I, N) of the store at `path`, creating it if needed.
 
-    `batch_size` None: 512 on CUDA, 64 on CPU (bigger CPU batches are slower).
+    `batch_size` None: 512 on CUDA, 64 on CPU (bigger CPU batches are slower). `amp` "auto"
+    and `channels_last` None take the defaults of `device` (see `Numerics.resolve`).
     """
     check_compatible(teacher, train)
     batch_size = batch_size or (512 if device.type == "cuda" else 64)
     num_workers = resolve_workers(num_workers, device)
     layout = layout_for(train, test, spec, dtype, chunk_samples)
-    provenance = build_provenance(teacher, train, test, spec, dtype=dtype, amp=amp)
+    numerics = Numerics.resolve(device, amp, channels_last)
+    provenance = build_provenance(teacher, train, test, spec, dtype=dtype, numerics=numerics)
     store = create_or_open(path, provenance, layout, train.labels, test.labels)
     layout = store.layout  # a store made earlier keeps its own chunking
     pending = store.pending(shard)
@@ -112,13 +130,10 @@ def dump(
             requests.append(ViewRequest(test, idx, None) if unit.is_eval else ViewRequest(train, idx, spec.params(idx, unit.slot)))
             owners.append(unit)
 
-    model = teacher.model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     total_views = sum(len(r.indices) for r in requests)
     bar = tqdm(total=total_views, unit="view", unit_scale=True, disable=not progress, desc=f"dump {store.path.name}", smoothing=0.05)
     loader = view_loader(spec.family, requests, num_workers=num_workers, pin_memory=device.type == "cuda")
-    batches = forward_batches(model, loader, train.mean, train.std, device=device, amp=amp, channels_last=channels_last)
+    batches = forward_batches(teacher.model, loader, train.mean, train.std, device=device, numerics=numerics)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     with _UnitWriter(store, after_unit) as writer:
         for pos, (logits, indices, crc) in enumerate(batches):

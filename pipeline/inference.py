@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.data import ImageSet, to_model_input
-from pipeline.runtime import autocast
+from pipeline.runtime import autocast, resolve_amp, resolve_channels_last
 from pipeline.views import CropFlip, ResizedCropFlip, ViewFamily, ViewRequest, batch_indices, view_loader
 
 
@@ -21,6 +22,63 @@ def default_family(images: ImageSet) -> ViewFamily:
     return ResizedCropFlip()
 
 
+@dataclass(frozen=True)
+class Numerics:
+    """How a teacher's forward pass is computed: the choices that change its logits.
+
+    A store records them (`inference` attribute, part of its identity, so a resumed dump
+    cannot mix them) and an online teacher adopts a store's, so that both compute the same
+    logits. `device` is the device type: float32 convolutions on CUDA use TF32 by default
+    and round differently from a CPU.
+    """
+
+    device: str = "cpu"
+    amp: str = "off"
+    channels_last: bool = False
+
+    @classmethod
+    def resolve(cls, device: torch.device, amp: str = "auto", channels_last: bool | None = None) -> "Numerics":
+        """The numerics a dump on `device` uses for these options ("auto" / None: the defaults)."""
+        return cls(device.type, resolve_amp(amp, device), resolve_channels_last(channels_last, device))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Numerics":
+        """From a store's `inference` record; a record without a field predates it (None)."""
+        return cls(d.get("device"), d.get("amp", "off"), d.get("channels_last"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "amp": self.amp, "channels_last": self.channels_last}
+
+    def on(self, device: torch.device) -> "Numerics":
+        """These numerics as closely as `device` allows: same autocast and memory format
+        (fp16 autocast, which CPUs lack, becomes float32 there)."""
+        amp = "off" if device.type == "cpu" and self.amp == "fp16" else self.amp
+        return Numerics(device.type, amp, bool(self.channels_last))
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def prepare(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The model on `device` in eval mode, weights in this memory format (in place, as
+        nn.Module.to moves a model)."""
+        return model.to(device, memory_format=self.memory_format).eval()
+
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """float32 logits of a prepared model, computed the same way whatever the batch.
+
+        Input and weights share one memory format (a mixed pair picks yet another kernel),
+        and a batch of one runs next to a copy of itself: CPU kernels take another path for
+        N=1 and round differently (~1e-7) from the same image inside a batch.
+        """
+        lone = x.shape[0] == 1
+        if lone:
+            x = torch.cat([x, x])
+        with autocast(x.device, self.amp):
+            logits = model(x.contiguous(memory_format=self.memory_format)).float()
+        return logits[:1] if lone else logits
+
+
 def forward_batches(
     model: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -28,21 +86,18 @@ def forward_batches(
     std: Sequence[float],
     *,
     device: torch.device,
-    amp: str = "off",
-    channels_last: bool = False,
+    numerics: Numerics = Numerics(),
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (float32 logits, sample indices, crc32 of each view) per batch, in eval mode.
 
     Batch k's logits are fetched only after batch k+1 is queued, so an accelerator never
     waits for the host between batches.
     """
-    model.eval()
+    model = numerics.prepare(model, device)
     pending = None
     with torch.inference_mode():
         for views, _labels, indices, crc in loader:
-            x = to_model_input(views, mean, std, device=device, channels_last=channels_last)
-            with autocast(device, amp):
-                logits = model(x).float()
+            logits = numerics.forward(model, to_model_input(views, mean, std, device=device))
             if pending is not None:
                 yield pending[0].cpu().numpy(), pending[1], pending[2]
             pending = (logits, indices, crc)
@@ -57,14 +112,13 @@ def predict_test(
     *,
     device: torch.device,
     batch_size: int = 256,
-    amp: str = "off",
-    channels_last: bool = False,
+    numerics: Numerics = Numerics(),
     num_workers: int = 0,
 ) -> np.ndarray:
     """Logits [M, C] float32 of the un-augmented test views."""
     requests = [ViewRequest(images, idx, None) for idx in batch_indices(len(images), batch_size)]
     loader = view_loader(family, requests, num_workers=num_workers)
-    batches = forward_batches(model, loader, images.mean, images.std, device=device, amp=amp, channels_last=channels_last)
+    batches = forward_batches(model, loader, images.mean, images.std, device=device, numerics=numerics)
     parts = [logits for logits, _, _ in batches]
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 

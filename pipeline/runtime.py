@@ -47,6 +47,17 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     return amp
 
 
+def resolve_channels_last(channels_last: bool | None, device: torch.device) -> bool:
+    """None means on for CUDA, where tensor cores want it, and off on a CPU.
+
+    On a CPU it buys ~3% of teacher inference (resnet32x4: 160 vs 165 img/s on 2 cores), and
+    the contiguous layout is PyTorch's default, the one the bitwise parity tests pin.
+    """
+    if channels_last is None:
+        return device.type == "cuda"
+    return channels_last
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, amp: str) -> Iterator[None]:
     if amp == "off":

@@ -33,13 +33,15 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
 from pipeline.views import family_from_dict
+if TYPE_CHECKING:
+    from pipeline.inference import Numerics
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "rld-logit-store"
@@ -68,6 +70,11 @@ IDENTITY_FIELDS = (
     "views.seed",
     "views.family",
     "dtype",
+    # The teacher's numerics (pipeline.inference.Numerics): autocast, memory format and
+    # device type each change the logits, so a resumed dump must not mix them.
+    "inference.device",
+    "inference.amp",
+    "inference.channels_last",
 )
 
 
@@ -268,9 +275,11 @@ class LogitStore:
         return {k: v for k, v in self.attrs.items() if k not in ("format", "layout", "complete", "completed")}
 
     @property
-    def amp(self) -> str:
-        """The autocast the teacher ran under ("off": float32 logits)."""
-        return self.attrs.get("inference", {}).get("amp", "off")
+    def numerics(self) -> "Numerics":
+        """How the teacher computed these logits (device type, autocast, memory format)."""
+        from pipeline.inference import Numerics
+
+        return Numerics.from_dict(self.attrs.get("inference", {}))
 
     @property
     def id(self) -> str:
@@ -373,7 +382,7 @@ class LogitStore:
         try:
             return self.group[name][selection]
         except ValueError as err:
-            raise StoreError(f"{self.path}: {name} {what} is corrupted ({err}); delete the store or its chunk and dump again") from None
+            raise StoreError(f"{self.path}: {name} {what} is corrupted ({err}); delete the store and dump it again") from None
 
     def read_logits(self, slot: int) -> np.ndarray:
         """All samples' logits [N, C] of one slot, in the stored dtype."""

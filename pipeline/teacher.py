@@ -135,9 +135,10 @@ def load_teacher(path: str | os.PathLike, device: torch.device | str = "cpu") ->
 
 def evaluate_teacher(teacher: Teacher, test: Any, family: Any, *, device: torch.device, amp: str = "off", batch_size: int = 256) -> dict[str, float]:
     """Top-1/top-5 (%) on the un-augmented test split; recorded in the teacher file."""
-    from pipeline.inference import predict_test, topk_accuracy
+    from pipeline.inference import Numerics, predict_test, topk_accuracy
 
-    logits = predict_test(teacher.model.to(device), test, family, device=device, amp=amp, batch_size=batch_size)
+    logits = predict_test(teacher.model, test, family, device=device, numerics=Numerics(device.type, amp),
+                          batch_size=batch_size)
     return topk_accuracy(logits, test.labels)
 
 

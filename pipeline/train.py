@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline import models
 from pipeline.data import ImageSet, to_device, to_model_input
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
-from pipeline.inference import predict_test, topk_accuracy
+from pipeline.inference import Numerics, predict_test, topk_accuracy
 from pipeline.losses import make_objective
 from pipeline.runtime import autocast, code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.store import LogitStore, StoreError
@@ -153,25 +153,31 @@ class StoreSignal(ViewsOnly):
 
 
 class OnlineSignal(ViewsOnly):
-    """The teacher runs every step on the very batch the student sees (mdistiller's way)."""
+    """The teacher runs every step on the very batch the student sees (mdistiller's way).
+
+    It computes with `numerics` (autocast, memory format; its device is the student's) and
+    rounds its logits to `dtype`: given a store's, it produces the logits the store holds,
+    bit for bit on a CPU.
+    """
 
     kind = "online"
 
-    def __init__(self, teacher: Teacher, spec: ViewSpec, amp: str = "off", channels_last: bool = True):
+    def __init__(self, teacher: Teacher, spec: ViewSpec, numerics: Numerics, dtype: str = "float32"):
         super().__init__(spec)
-        self.teacher, self.amp, self.channels_last = teacher, amp, channels_last
+        self.teacher, self.numerics, self.dtype = teacher, numerics, dtype
 
     def batch_logits(self, plan: EpochPlan, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        model = self.teacher.model.to(x.device).eval()
-        with torch.inference_mode(), autocast(x.device, self.amp):
-            return model(x).float().clone()
+        model = self.numerics.prepare(self.teacher.model, x.device)
+        with torch.inference_mode():
+            logits = self.numerics.forward(model, x)
+            return logits.to(getattr(torch, self.dtype)).float()
 
     def test_logits(self, test: ImageSet, device: torch.device) -> np.ndarray | None:
-        return predict_test(self.teacher.model.to(device), test, self.spec.family, device=device,
-                            amp=self.amp, channels_last=self.channels_last)
+        return predict_test(self.teacher.model, test, self.spec.family, device=device, numerics=self.numerics)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "teacher": self.teacher.describe(), "views": self.spec.to_dict()}
+        return {"kind": self.kind, "teacher": self.teacher.describe(), "views": self.spec.to_dict(),
+                "numerics": self.numerics.to_dict(), "dtype": self.dtype}
 
 
 def _check_inputs(plan: EpochPlan, indices: np.ndarray, crc: np.ndarray, epoch: int) -> None:
@@ -412,7 +418,7 @@ def _evaluate(run: _Run, images: ImageSet, family: Any, prefix: str, model: nn.M
     """{prefix_top1, prefix_top5} of `model` (default: the run's) on the un-augmented views of `images`;
     on the test split also the agreement with the teacher."""
     logits = predict_test(model or run.model, images, family, device=run.device, batch_size=run.cfg.eval_batch_size,
-                          amp=run.amp, channels_last=run.cfg.channels_last)
+                          numerics=Numerics(run.device.type, run.amp, run.cfg.channels_last))
     acc = topk_accuracy(logits, images.labels)
     metrics = {f"{prefix}_top1": acc["top1"], f"{prefix}_top5": acc["top5"]}
     if prefix == "test" and run.teacher_test is not None:

@@ -35,15 +35,26 @@ def dataset_options(required: bool = True) -> Decorator:
     )
 
 
-def runtime_options(default_channels_last: bool = True) -> Decorator:
-    return _stack(
+def runtime_options(channels_last: str | None = "on", *, workers: bool = True, amp_help: str = "") -> Decorator:
+    """--device, --amp and, for stages that use them, --channels-last and --workers.
+
+    `channels_last`: the flag's default, "on" or "auto" (on for CUDA, off on CPU); None: no flag.
+    """
+    options = [
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
-                     help="Autocast: auto = bf16 on CUDA, off on CPU."),
-        click.option("--channels-last/--no-channels-last", default=default_channels_last, show_default=True),
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="DataLoader worker processes building views (default: up to 8 on CUDA, 0 on CPU)."),
-    )
+                     help="Autocast: auto = bf16 on CUDA, off on CPU." + amp_help),
+    ]
+    if channels_last == "auto":
+        options.append(click.option("--channels-last/--no-channels-last", default=None,
+                                    help="channels_last memory format [default: on for CUDA, off on CPU]."))
+    elif channels_last == "on":
+        options.append(click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+                                    help="channels_last memory format of the model being trained."))
+    if workers:
+        options.append(click.option("--workers", type=click.IntRange(min=0), default=None,
+                                    help="DataLoader worker processes building views (default: up to 8 on CUDA, 0 on CPU)."))
+    return _stack(*options)
 
 
 def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> int | float | None:

@@ -6,7 +6,7 @@ import click
 
 from pipeline.data import load_splits
 from pipeline.dump import dump, layout_for
-from pipeline.runtime import resolve_amp, resolve_device
+from pipeline.runtime import resolve_device
 from pipeline.store import DTYPES, human_bytes, parse_shard
 from pipeline.teacher import load_teacher
 from pipeline.views import ViewSpec, family_from_dict, parse_family
@@ -23,7 +23,9 @@ from stages._options import dataset_options, fail, runtime_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Views per teacher batch (default 512 on CUDA, 64 on CPU).")
 @click.option("--chunk-samples", type=click.IntRange(min=1), default=None, help="Samples per chunk (default: ~4 MiB of logits).")
 @click.option("--max-gb", type=float, default=None, help="Refuse a store predicted to be larger than this.")
-@runtime_options()
+@runtime_options(channels_last="auto", amp_help=(
+    " The teacher's numerics (device type, autocast, memory format) are recorded in the store"
+    " and part of its identity: a resumed dump must use the same, and an online teacher adopts them."))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store path, e.g. cache/logits/NAME.zarr")
 def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, val_split, augment, views, seed, dtype, shard, batch_size,
@@ -31,6 +33,8 @@ def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, val_split, a
     """Fill (or resume) a logit store: raw teacher logits of every view, plus test logits.
 
     Safe to kill: rerunning the same command finishes only the missing write units.
+    With the defaults on a CPU (no autocast, contiguous layout) a student of the store and one
+    of `--online-teacher` get bitwise-equal teacher logits; on CUDA they agree to float rounding.
     """
     try:
         shard_index = parse_shard(shard)
@@ -50,7 +54,7 @@ def dump_cmd(teacher_path, dataset, data_root, subset, test_subset, val_split, a
             raise ValueError(f"predicted store size {gb:.3f} GB exceeds --max-gb {max_gb}")
         dev = resolve_device(device)
         result = dump(teacher, train_set, test_set, spec, out, dtype=dtype, shard=shard_index, batch_size=batch_size,
-                      device=dev, amp=resolve_amp(amp, dev), channels_last=channels_last, num_workers=workers,
+                      device=dev, amp=amp, channels_last=channels_last, num_workers=workers,
                       chunk_samples=chunk_samples, progress=not quiet)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise fail(err) from None

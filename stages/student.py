@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from pipeline.data import load_dataset, load_splits
-from pipeline.inference import default_family
+from pipeline.inference import Numerics, default_family
 from pipeline.losses import DEFAULTS, METHODS
 from pipeline.models import available
+from pipeline.runtime import resolve_device
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
 from pipeline.train import OnlineSignal, StoreSignal, TrainConfig, ViewsOnly, train
@@ -51,7 +52,10 @@ def student() -> None:
 @click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
               help="Also require the store to come from this teacher file.")
 @click.option("--online-teacher", type=click.Path(dir_okay=False), default=None,
-              help="Run this teacher every step on the same views instead of reading the store.")
+              help="Run this teacher every step on the same views instead of reading the store. With "
+                   "--logits it computes with the store's recorded numerics (autocast, memory format) and "
+                   "dtype, so on a CPU it gives the stored logits bit for bit; without, with `rld dump`'s "
+                   "defaults, in float32.")
 @click.option("--views", default=None, help="Without a store: per-epoch:E | pool:P | exhaustive (default per-epoch:epochs).")
 @click.option("--view-seed", type=int, default=None, help="Without a store: seed of the views (default --seed).")
 @click.option("--force", is_flag=True, help="Start over even if the output holds a finished run or another run's checkpoint.")
@@ -119,7 +123,9 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             teacher = load_teacher(online_teacher)
             if store is not None:
                 store.check({"teacher": {"weights_sha256": teacher.weights_sha256}})
-            signal = OnlineSignal(teacher, spec, amp=store.amp if store else "off", channels_last=channels_last)
+            dev = resolve_device(device)
+            numerics = store.numerics.on(dev) if store is not None else Numerics.resolve(dev)
+            signal = OnlineSignal(teacher, spec, numerics, dtype=store.layout.dtype if store is not None else "float32")
         elif store is not None:
             signal = StoreSignal(store)
         else:

@@ -47,9 +47,9 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False),
               help="mdistiller ckpt_epoch_240.pth, a torchvision .pth, or any (DDP) state dict.")
 @dataset_options()
-@runtime_options()
+@runtime_options(channels_last=None, workers=False)
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split, augment, device, amp, channels_last, workers, out) -> None:  # noqa: ANN001
+def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split, augment, device, amp, out) -> None:  # noqa: ANN001
     """Wrap existing weights as a teacher file, measuring its test accuracy here."""
     try:
         train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,

@@ -17,6 +17,7 @@ import torch
 from conftest import SUBPROCESS_ENV, SYNTH, cli, rld
 from pipeline.data import to_model_input
 from pipeline.dump import NonFiniteLogits, dump
+from pipeline.inference import Numerics
 from pipeline.store import LogitStore, ProvenanceMismatch
 from pipeline.views import ViewSpec
 
@@ -32,10 +33,29 @@ def assert_same_store(a: Path, b: Path) -> None:
 
 
 def teacher_logits(teacher, images, family, indices, params) -> np.ndarray:
-    """The teacher on freshly built views, independently of the dump's batching."""
+    """The teacher on freshly built views, all in one batch, independently of the dump's batching."""
     views = torch.stack([family.apply(images.image(int(i)), p) for i, p in zip(indices, params)])
     with torch.no_grad():
         return teacher.model.eval()(to_model_input(views, images.mean, images.std)).numpy()
+
+
+# With the default CPU numerics (float32, contiguous layout) the teacher computes a view the
+# same way in any batch of two or more, so stored logits equal a fresh run bit for bit, and
+# fp16 stores hold exactly their float32 logits rounded to fp16.
+
+
+def test_the_teacher_computes_a_view_the_same_in_any_batch(teacher, synth):
+    """What bitwise parity rests on: with the default CPU numerics a view's logits do not
+    depend on the batch around it, a batch of one included (run next to a copy of itself)."""
+    train, _ = synth
+    x = to_model_input(train.images[:64], train.mean, train.std)
+    numerics = Numerics()
+    model = numerics.prepare(teacher.model, torch.device("cpu"))
+    with torch.no_grad():
+        whole = numerics.forward(model, x)
+        for size in (1, 2, 7, 33):
+            parts = torch.cat([numerics.forward(model, x[i : i + size]) for i in range(0, 64, size)])
+            assert torch.equal(parts, whole), size
 
 
 def test_per_epoch_store_holds_the_teachers_logits_of_each_epochs_views(tmp_path, teacher, synth):
@@ -50,13 +70,13 @@ def test_per_epoch_store_holds_the_teachers_logits_of_each_epochs_views(tmp_path
         params = spec.params(np.arange(len(train)), slot)
         assert np.array_equal(store.read_slot("views", slot), params)
         expected = teacher_logits(teacher, train, spec.family, np.arange(len(train)), params)
-        np.testing.assert_allclose(store.read_logits(slot), expected, rtol=1e-5, atol=1e-5)
+        assert np.array_equal(store.read_logits(slot), expected)
         assert np.array_equal(store.read_slot("argmax", slot), expected.argmax(1))
     eval_logits, eval_labels = store.eval_logits()
     test_views = spec.family.test_batch(test.images)
     with torch.no_grad():
         expected = teacher.model(to_model_input(test_views, test.mean, test.std)).numpy()
-    np.testing.assert_allclose(eval_logits, expected, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(eval_logits, expected)
     assert eval_labels.tolist() == test.labels.tolist()
     prov = store.attrs
     assert prov["teacher"]["weights_sha256"] == teacher.weights_sha256
@@ -77,7 +97,7 @@ def test_pool_and_exhaustive_replay_their_views(tmp_path, teacher, synth, policy
             assert (params == spec.family.enumerate()[slot]).all()
         assert np.array_equal(params, spec.params(np.arange(8), slot))
         expected = teacher_logits(teacher, train, spec.family, np.arange(8), params)
-        np.testing.assert_allclose(store.read_logits(slot).astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+        assert np.array_equal(store.read_logits(slot), expected.astype(np.float16))
 
 
 def test_interrupted_dump_resumes_to_the_same_store(tmp_path, teacher, synth):
@@ -100,6 +120,30 @@ def test_interrupted_dump_resumes_to_the_same_store(tmp_path, teacher, synth):
     resumed = dump(teacher, train, test, spec, tmp_path / "killed.zarr", **kwargs)
     assert resumed.complete and resumed.units_written == missing
     assert_same_store(tmp_path / "whole.zarr", tmp_path / "killed.zarr")
+
+
+def test_a_resume_with_other_numerics_is_refused_naming_the_field(tmp_path, teacher, synth):
+    """Autocast, memory format and device type change the logits: a store never mixes them."""
+    train, test = synth
+    spec = ViewSpec.parse("per-epoch:2", "crop", seed=1)
+    path = tmp_path / "s.zarr"
+
+    def die_after_three(unit, count=[0]):  # noqa: B006
+        count[0] += 1
+        if count[0] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dump(teacher, train, test, spec, path, dtype="float32", chunk_samples=32, progress=False, after_unit=die_after_three)
+    done = LogitStore.open(path).done_mask()
+    for change, message in (({"amp": "bf16"}, "inference.amp: store has off, requested bf16"),
+                            ({"channels_last": True}, "inference.channels_last: store has false, requested true")):
+        with pytest.raises(ProvenanceMismatch, match=message):
+            dump(teacher, train, test, spec, path, dtype="float32", chunk_samples=32, progress=False, **change)
+    store = LogitStore.open(path)
+    assert all(np.array_equal(a, b) for a, b in zip(store.done_mask(), done))  # nothing written
+    assert store.attrs["inference"]["amp"] == "off" and store.attrs["inference"]["channels_last"] is False
+    assert store.attrs["inference"]["device"] == "cpu" and store.attrs["inference"]["torch"] == torch.__version__
 
 
 DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--seed", "3", "--dtype", "float32",
@@ -205,6 +249,7 @@ def test_verify_reports_every_input_crc_mismatch(tmp_path, teacher_file):
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
     assert report["views_checked"] == 384 and report["input_mismatches"] == 5 and report["ok"] is False
+    assert report["max_abs_delta"] == 0.0  # float32 store, same numerics: the logits are bitwise the teacher's
 
 
 def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):

@@ -105,7 +105,7 @@ def test_teacher_recorded_with_the_old_family_is_refused_until_measured_again(tm
     assert result.exit_code == 1 and "version 1" in result.stderr and not (tmp_path / "s.zarr").exists()
     # The remedy the message gives: the same weights, accuracy measured on today's test view.
     result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(old), "--dataset", "imagefolder",
-                 "--data-root", str(folder), "--augment", "resized-crop:size=32", "--no-channels-last",
+                 "--data-root", str(folder), "--augment", "resized-crop:size=32",
                  "--out", str(tmp_path / "new.pt"))
     assert result.exit_code == 0, result.output
     again = load_teacher(tmp_path / "new.pt")
