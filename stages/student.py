@@ -43,7 +43,8 @@ def student() -> None:
 @click.option("--beta", type=float, default=None, help="dkd: NCKD weight; rld: MCD weight.")
 @click.option("--temperature", "-T", type=float, default=None, help="KD/NCKD/MCD temperature.")
 @click.option("--alpha-temperature", type=float, default=None, help="rld: SCD temperature.")
-@click.option("--same-t", is_flag=True, help="rld: SCD uses the MCD temperature (official --same-t).")
+@click.option("--same-t", is_flag=True, help="rld: SCD uses the MCD temperature (official --same-t); "
+              "not with --alpha-temperature.")
 @click.option("--warmup", type=float, default=None, help="dkd/rld: epochs over which distillation ramps up.")
 @click.option("--logit-stand/--no-logit-stand", default=None, help="Standardise logits per row before the loss.")
 @dataset_options(required=False)
@@ -82,6 +83,8 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
         if same_t:
             if loss != "rld":
                 raise ValueError("--same-t applies only to --loss rld")
+            if alpha_temperature is not None:
+                raise ValueError("--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
             loss_options["alpha_temperature"] = loss_options.get("temperature", DEFAULTS["rld"]["temperature"])
         for key in loss_options:
             if key not in DEFAULTS[loss]:

@@ -300,7 +300,9 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
           match="dataset.num_classes: store has 4, requested 5")
     fails(*STUDENT, *logits, "--augment", "crop:size=32,padding=2", "--out", str(tmp_path / "f"), match="views.family")
     fails(*STUDENT, "--loss", "rld", "--dataset", SYNTH, "--out", str(tmp_path / "g"), match="needs a teacher")
-    assert not any((tmp_path / n).exists() for n in "abcdefg")
+    fails(*STUDENT, *logits, "--same-t", "--alpha-temperature", "2", "--out", str(tmp_path / "h"),
+          match="--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
+    assert not any((tmp_path / n).exists() for n in "abcdefgh")
     # teacher import only evaluates: it has no training or view-building options to ignore
     result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(teacher_file), "--dataset", SYNTH,
                  "--channels-last", "--out", str(tmp_path / "t.pt"))
