@@ -4,6 +4,20 @@ Expectations are derived independently of the implementation: literal hand-compu
 plain ``math``/numpy computations that literally drop masked classes, finite differences,
 and a fixture of values and gradients produced once by the OFFICIAL code
 (zju-SWJ/RLD, ``mdistiller/distillers/{RLD,DKD,KD}.py``, float64) in tests/fixtures/.
+
+Tolerances follow the precision of the computation under test:
+- 0 (exact) where both sides run the same float32 operations (half-precision inputs are
+  cast up first, so they must equal the float32 path bit for bit);
+- float64 against float64: 1e-12 relative against literals and identities (a few dozen
+  operations, float64 epsilon 1.1e-16), 1e-10 against numpy references and the official
+  fixture (other reduction orders and log/exp implementations over a batch), gradients
+  1e-9 relative / 1e-12 absolute (they pass through one more softmax);
+- float32: 1e-5 relative against float64 truth (float32 epsilon 6e-8 times the ~100
+  operations of a loss), 1e-6 where two float32 paths compute the same formula;
+- finite differences: gradcheck with step 1e-6 in float64, whose central-difference error
+  is ~1e-8 here; atol 1e-6 / rtol 1e-4 are its customary bounds;
+- "> 1e-3": the gap a wrong formula (a dropped mask, a swapped bin) opens on these inputs,
+  far above any rounding.
 """
 
 from __future__ import annotations
@@ -135,7 +149,7 @@ def test_kd_hand_computed() -> None:
     expected = 4.0 * (rows[0] + rows[1]) / 2
     got = kd_loss(s, t, temperature=2.0)
     assert got.dtype == torch.float32
-    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert got.item() == pytest.approx(expected, rel=1e-6)  # float32, two rows of three classes
 
 
 def test_rld_hand_computed_scd_binary_distributions() -> None:
@@ -371,6 +385,7 @@ def test_standardize_uses_unbiased_std_and_epsilon() -> None:
     # result is +-1 / (1 + sqrt 2) = +-0.41421 (no epsilon: 0.7071; biased std: 0.5).
     z = torch.tensor([[0.0, 2e-7]], dtype=torch.float64)
     out = standardize(z)
+    # float64 on values of 1e-7: squares of 1e-14 keep ~16 digits, 1e-9 is far above their rounding
     assert out[0, 1].item() == pytest.approx(1 / (1 + math.sqrt(2)), rel=1e-9)
     assert out[0, 0].item() == pytest.approx(-1 / (1 + math.sqrt(2)), rel=1e-9)
 
@@ -384,7 +399,8 @@ def test_logit_stand_equals_losses_on_standardized_inputs() -> None:
         s, t, y, alpha=1, beta=8, temperature=2, alpha_temperature=2, logit_stand=True
     )
     torch.testing.assert_close(stand, manual, rtol=1e-12, atol=0)
-    # Standardisation makes the losses invariant to per-row shift and scale of the logits.
+    # Standardisation makes the losses invariant to per-row shift and scale of the logits, up
+    # to its 1e-7 epsilon added to std (~1): 1e-6 relative.
     shifted = rld_loss(
         3 * s + 7, t - 2, y, alpha=1, beta=8, temperature=2, alpha_temperature=2, logit_stand=True
     )
@@ -573,7 +589,7 @@ def np_ce(s: np.ndarray, y: np.ndarray) -> float:
 def test_rld_objective_warmup_and_terms(epoch: int, factor: float) -> None:
     s, t, y = random_batch(8, 10, seed=6, teacher_right=False)
     obj = make_objective("rld", beta=6.0)
-    assert obj.warmup_factor(epoch) == pytest.approx(factor)
+    assert obj.warmup_factor(epoch) == pytest.approx(factor)  # epoch / warmup in float64
     out = obj(s, t, y, epoch)
     assert set(out) == {"ce", "scd", "mcd", "total"}
     sn, tn, yn = s.numpy(), t.numpy(), y.numpy()

@@ -66,6 +66,7 @@ def test_rows_seed_groups_and_paired_differences_to_ce(tmp_path):
     deltas = [4.0, 3.0, -2.0]
     rld = next(g for g in grouped if g["loss"] == "rld")
     assert rld["runs"] == "3" and rld["seeds"] == "0,1,2" and rld["pairs"] == "3" and rld["delta_positive"] == "2"
+    # float64 means and deviations, summed in another order than statistics': approx's default 1e-6
     assert float(rld["delta_vs_ce"]) == pytest.approx(statistics.fmean(deltas))
     assert float(rld["delta_vs_ce_std"]) == pytest.approx(statistics.stdev(deltas))
     mean, std = statistics.fmean([69.0, 71.0, 64.0]), statistics.stdev([69.0, 71.0, 64.0])
