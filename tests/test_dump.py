@@ -146,6 +146,24 @@ def test_a_resume_with_other_numerics_is_refused_naming_the_field(tmp_path, teac
     assert store.attrs["inference"]["device"] == "cpu" and store.attrs["inference"]["torch"] == torch.__version__
 
 
+@pytest.mark.gpu
+def test_a_cuda_dump_records_its_numerics_and_verifies_with_them(tmp_path, teacher_file, synth):
+    """On CUDA the defaults are bf16 autocast and channels_last; the store records them and a
+    re-run with them (rld verify, on CUDA) agrees within the bf16 tolerance."""
+    from pipeline.teacher import load_teacher
+    from pipeline.verify import verify_store
+
+    train, test = synth
+    cuda = torch.device("cuda")
+    own = load_teacher(teacher_file)  # moved to the GPU in place: not the session's teacher
+    dump(own, train, test, ViewSpec.parse("per-epoch:2", "crop", seed=1), tmp_path / "s.zarr", device=cuda,
+         progress=False)
+    store = LogitStore.open(tmp_path / "s.zarr")
+    assert store.numerics.to_dict() == {"device": "cuda", "amp": "bf16", "channels_last": True}
+    report = verify_store(store, own, train, samples=192, device=cuda)
+    assert report.ok and report.input_mismatches == 0 and report.tolerance == 0.25, report
+
+
 DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--seed", "3", "--dtype", "float32",
              "--chunk-samples", "16", "--batch-size", "16", "--quiet"]
 
