@@ -17,6 +17,7 @@ from pipeline.store import (
     Unit,
     compare,
     create_or_open,
+    human_bytes,
     parse_shard,
     plan_layout,
     store_id,
@@ -191,3 +192,27 @@ def test_unit_blocks_must_have_the_unit_shape(tmp_path):
     store = make(tmp_path / "s.zarr")
     with pytest.raises(ValueError, match=r"logits block must have shape \(4, 5\)"):
         store.write_unit(Unit(0, 0), np.zeros((3, 5), np.float32), views=np.zeros((3, 3)), input_crc=np.zeros(3))
+
+
+def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
+    """README, cache/README and the presets quote store sizes: they must be what `rld dump`
+    predicts (Layout.predicted_bytes), not a hand calculation of the logits alone."""
+    from conftest import REPO
+    from pipeline.views import CropFlip, ResizedCropFlip
+
+    def size(family, slots: int, samples: int, classes: int, eval_samples: int) -> str:
+        layout = plan_layout(slots=slots, samples=samples, classes=classes, param_count=len(family.param_names),
+                             param_dtype=np.dtype(family.param_dtype).name, dtype="float16", eval_samples=eval_samples)
+        return human_bytes(layout.predicted_bytes)
+
+    cifar_exhaustive = size(CropFlip(), 162, 50_000, 100, 10_000)
+    cifar_240 = size(CropFlip(), 240, 50_000, 100, 10_000)
+    imagenet = size(ResizedCropFlip(), 100, 1_281_167, 1000, 50_000)
+    assert (cifar_exhaustive, cifar_240, imagenet) == ("1.7 GB", "2.6 GB", "269.3 GB")
+    docs = {name: (REPO / name).read_text() for name in
+            ("README.md", "cache/README.md", "config/cifar100.yaml", "config/imagenet.yaml")}
+    for name in ("README.md", "cache/README.md", "config/cifar100.yaml"):
+        assert f"{cifar_exhaustive}" in docs[name], name
+    assert f"{cifar_240}" in docs["cache/README.md"]
+    for name in ("README.md", "config/imagenet.yaml"):
+        assert f"{imagenet} per teacher" in docs[name], name
