@@ -19,9 +19,10 @@ def default_tolerance(store: LogitStore) -> float:
     """Max |delta logit| a faithful store can show: fp16 rounding, or a bf16 teacher.
 
     fp16 keeps 11 significant bits: a logit of |z| < 32 rounds by at most 2^-6 = 1.6e-2.
-    bf16 autocast keeps 8 bits through every layer: 0.25 covers the drift measured on
-    CIFAR teachers. float32 logits re-run on another device type or kernel differ by float32
-    (or TF32) rounding, far below 1e-3.
+    Under bf16 autocast every layer keeps 8 bits (2^-8 relative), so a re-run whose kernels
+    differ (another device, batch shape) drifts by a few such steps of logits ~10-30: 0.25.
+    float32 logits re-run on another device type or kernel differ by float32 (or TF32)
+    rounding, far below 1e-3.
     """
     if store.numerics.amp != "off":
         return 0.25
