@@ -41,6 +41,11 @@ REPORT = config.get("report_dir", "reports")
 _threads = config.get("threads", 2)
 THREADS = {job: _threads.get(job, 2) if isinstance(_threads, dict) else _threads for job in ("teacher", "dump", "student")}
 GPUS = config.get("gpus_per_job", 0)
+# Memory per job in MB, like threads: one number or one per kind of job. The defaults fit a
+# CIFAR-size GPU job (CUDA context, the data set, an epoch of cached logits and the next one
+# prefetched); ImageNet-size stores and image folders need more (see config/imagenet.yaml).
+_mem = config.get("mem_mb", 8000)
+MEM_MB = {job: _mem.get(job, 8000) if isinstance(_mem, dict) else _mem for job in ("teacher", "dump", "student")}
 # Snakemake's local executor does not say which GPU a job may use, so GPU jobs run under
 # `rld on-gpus`: it waits for a free slot on GPUS devices of their own (jobs_per_gpu slots
 # per device) and sets CUDA_VISIBLE_DEVICES; a slot is freed when its job ends, however.
@@ -150,6 +155,12 @@ def student_args(wildcards):
     return " ".join(args)
 
 
+# What each job asks a cluster for. Snakemake's SLURM executor plugin submits `threads` as
+# --cpus-per-task (unless `cpus_per_task` is set), `mem_mb` as --mem, `gpu` as --gpus and
+# `nodes` as --nodes; a local run only counts them against --cores/--resources. Partitions and
+# wall times belong to the site and live in the profile (profiles/slurm/config.yaml).
+
+
 rule all:
     input:
         expand("students/{name}", name=STUDENTS),
@@ -169,6 +180,7 @@ rule teacher:
     threads: THREADS["teacher"]
     resources:
         gpu=ONE_GPU,
+        mem_mb=MEM_MB["teacher"],
     shell:
         "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} {params.cmd} --out {output} > {log} 2>&1"
 
@@ -189,6 +201,7 @@ rule dump_shard:
     threads: THREADS["dump"]
     resources:
         gpu=ONE_GPU,
+        mem_mb=MEM_MB["dump"],
     shell:
         "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} "
         "--shard {wildcards.shard}/{wildcards.shards} --quiet --out cache/logits/{wildcards.store}.zarr > {log} 2>&1"
@@ -202,6 +215,8 @@ rule store_manifest:
         "cache/logits/{store}.json",
     log:
         "logs/dump/{store}.manifest.log",
+    resources:
+        mem_mb=4000,  # one bounded-memory dask pass over the store, 1 core
     shell:
         "{RLD} inspect cache/logits/{wildcards.store}.zarr --json --require-complete > {output} 2> {log}"
 
@@ -223,7 +238,12 @@ rule student:
         work="students/.work/{name}",
     threads: THREADS["student"]
     resources:
+        # One torchrun rank per GPU, each with `threads` intra-op threads, all on one node
+        # (torchrun --standalone).
         gpu=GPUS,
+        cpus_per_task=THREADS["student"] * max(GPUS, 1),
+        nodes=1,
+        mem_mb=MEM_MB["student"] * max(GPUS, 1),
     shell:
         "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --restart-stale --quiet "
         "--out {params.work} > {log} 2>&1 "
@@ -241,6 +261,8 @@ rule report:
         f"{REPORT}/paired.png",
     log:
         f"logs/report/{REPORT.replace('/', '_')}.log",
+    resources:
+        mem_mb=2000,  # tables and plots from the students' metrics files, 1 core
     params:
         out=REPORT,
     shell:
