@@ -1,6 +1,7 @@
-# Two commands do everything on a fresh machine: `make demo` and `make test`.
-# Both create the virtual environment if it is missing, install the project into it and
-# fetch the bundled default data (Debian's dataset-fashion-mnist) before they act.
+# Two commands do everything on a fresh machine: `make demo` and `make test` (plus
+# `make slurm-test`, the workflow on a real SLURM cluster). They create the virtual
+# environment if it is missing, install the project into it and fetch the bundled default
+# data (Debian's dataset-fashion-mnist) before they act.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 CORES ?= $(shell nproc)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup data bench clean
+.PHONY: demo test slurm-test setup data bench clean
 
 demo: setup data
 	$(VENV)/bin/snakemake --cores $(CORES)
@@ -16,6 +17,11 @@ demo: setup data
 
 test: setup data
 	$(PY) -m pytest -q
+
+# The workflow on a one-node SLURM cluster started here if none runs (and stopped again):
+# Debian's slurm-wlm, Snakemake's SLURM plugin, cancel-and-resume checks. Needs root or sudo.
+slurm-test: setup
+	PY=$(PY) tests/slurm/run.sh
 
 setup: $(VENV)/.installed
 
