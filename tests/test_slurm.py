@@ -41,7 +41,7 @@ CONFIG = {
     "amp": "off",
     "val_split": 4,
     "threads": {"teacher": 2, "dump": 1, "student": 1},
-    "mem_mb": {"teacher": 1500, "dump": 1200, "student": 1000},
+    "mem_mb": {"teacher": 2000, "dump": 1200, "student": 1000},
     "gpus_per_job": 0,
     "recipe": {"epochs": EPOCHS, "batch_size": 32, "milestones": []},
     "teachers": {"t": {"arch": "resnet32x4", "recipe": {"epochs": 1}}},
@@ -53,7 +53,7 @@ CONFIG = {
     },
 }
 # What the Snakefile should ask SLURM for, per rule: (CPUs, memory in MB).
-REQUESTS = {"teacher": (2, 1500), "dump_shard": (1, 1200), "store_manifest": (1, 4000), "student": (1, 1000),
+REQUESTS = {"teacher": (2, 2000), "dump_shard": (1, 1200), "store_manifest": (1, 4000), "student": (1, 1000),
             "report": (1, 2000)}
 # `rld student train` for student a, as the Snakefile's rule spells it (checked against the
 # workflow's own config.json below), for the uninterrupted reference run.
