@@ -17,7 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-DEFAULT_LOCK_DIR = Path("/tmp") / f"rld-gpu-slots-{os.getuid()}"
+
+def default_lock_dir(env: dict[str, str] | None = None) -> Path:
+    """Where slot locks live: one folder per user, and inside a SLURM job one per allocation.
+
+    SLURM already gives each job GPUs of its own, and where it constrains devices every job
+    sees its GPUs as 0..n-1: one machine-wide lock on "gpu0" would make jobs on different
+    GPUs wait for each other. Jobs inside one allocation (Snakemake under salloc/srun) still
+    share slots.
+    """
+    env = os.environ if env is None else env
+    base = Path("/tmp") / f"rld-gpu-slots-{os.getuid()}"
+    job = env.get("SLURM_JOB_ID")
+    return base / f"slurm-job-{job}" if job else base
+
+
+DEFAULT_LOCK_DIR = default_lock_dir()
 
 
 @dataclass

@@ -277,3 +277,29 @@ def test_the_profile_asks_slurm_for_the_gpus_of_gpus_per_job(tmp_path):
     assert "--cpus-per-task=12" in calls["rule_student"] and "--mem 4000" in calls["rule_student"]
     assert re.search(r"--gpus=1\b", calls["rule_teacher"]) and "--cpus-per-task=2" in calls["rule_teacher"]
     assert "gres" in out.lower(), "SLURM itself should have refused the GPU request"
+
+
+# A GPU job under `rld on-gpus` that logs when it held its device (simulated: --devices 0).
+GPU_JOB = """{python} -m stages.cli on-gpus --gpus 1 --devices 0 -- {python} -c '
+import json, os, sys, time
+start = time.time(); time.sleep(4)
+print(json.dumps({{"devices": os.environ["CUDA_VISIBLE_DEVICES"], "start": start, "end": time.time()}}))'"""
+
+
+def test_gpu_jobs_in_different_slurm_jobs_do_not_wait_for_each_other(tmp_path):
+    """Where SLURM constrains devices, every job sees its own GPUs as 0..n-1. Two jobs that
+    both hold their "device 0" run at once: `rld on-gpus` keeps slots per allocation (on one
+    machine without SLURM the same two would take turns)."""
+    ids = []
+    for n in range(2):
+        proc = subprocess.run(["sbatch", "--parsable", "--ntasks=1", "--cpus-per-task=1", "--mem=500", f"--chdir={tmp_path}",
+                               f"--output={tmp_path}/job{n}.out", "--export=ALL", f"--wrap={GPU_JOB.format(python=sys.executable)}"],
+                              capture_output=True, text=True, check=True, env={**os.environ, **SUBPROCESS_ENV})
+        ids.append(proc.stdout.strip().split(";")[0])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(slurm_jobs(tmp_path).get(i, {}).get("state") != "COMPLETED" for i in ids):
+        time.sleep(0.5)
+    runs = [json.loads((tmp_path / f"job{n}.out").read_text().splitlines()[-1]) for n in range(2)]
+    print(f"\nSLURM jobs {', '.join(ids)} on device 0: " + ", ".join(f"{r['start'] % 100:.1f}-{r['end'] % 100:.1f} s" for r in runs))
+    assert [r["devices"] for r in runs] == ["0", "0"]
+    assert max(r["start"] for r in runs) < min(r["end"] for r in runs), "the two jobs took turns on device 0"
