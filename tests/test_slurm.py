@@ -229,6 +229,8 @@ def test_the_workflow_on_slurm_survives_a_cancelled_dump_shard_and_a_cancelled_s
         print(f"  run {n}: {wall:5.1f} s, " + ", ".join(f"{i} {jobs[i]['comment'].removeprefix('rule_')} "
                                                       f"[{jobs[i]['state'].lower()}]" for i in run_ids))
     print(f"  total: {sum(walls):.1f} s of Snakemake wall time")
+    print(f"  shard 0 had {done} of {total} units when {shard0} was cancelled; job {seen[1][0]} wrote the other "
+          f"{total - done}; student a had {interrupted['epoch']} of {EPOCHS} epochs when {student_a} was cancelled")
     for tsv in sorted((wd / "benchmarks").rglob("*.tsv")):
         row = dict(zip(*[line.split("\t") for line in tsv.read_text().splitlines()[:2]]))
         print(f"  {tsv.relative_to(wd / 'benchmarks')}: {float(row['s']):.1f} s, max RSS {float(row['max_rss']):.0f} MB")
