@@ -115,8 +115,7 @@ def plot_paired_differences(groups: Sequence[dict[str, Any]], path: Path) -> Non
                color="tab:blue")
         ax.plot([i] * len(g["deltas"]), g["deltas"], "o", color="black", markersize=4)
     ax.axhline(0, color="gray", linewidth=1)
-    ax.set_xticks(range(len(shown)), [f"{g['loss']}\n{g['options'].replace(' ', chr(10))}" if g["loss"] in ("dkd", "rld")
-                                       else g["loss"] for g in shown], fontsize="x-small")
+    ax.set_xticks(range(len(shown)), [g["label"].replace(" ", "\n") for g in shown], fontsize="small")
     ax.set(ylabel="test top-1 minus CE of the same seed (points)",
            title="Paired difference to CE (dots: seeds; dark bars: chosen on validation)" if shown else "no CE pairs")
     fig.tight_layout()

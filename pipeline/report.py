@@ -123,7 +123,20 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         g["chosen"] = False
         out.append(g)
     choose_on_validation(out)
+    _label_by_what_varies(out)
     return out
+
+
+def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
+    """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2')."""
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for g in grouped:
+        families.setdefault(g["_family"], []).append(g)
+    for members in families.values():
+        parsed = [dict(item.split("=", 1) for item in m["options"].split()) for m in members]
+        varying = sorted({k for p in parsed for k in p if len({q.get(k) for q in parsed}) > 1})
+        for m, p in zip(members, parsed):
+            m["label"] = " ".join([m["loss"], *(f"{k}={p.get(k, '-')}" for k in varying)])
 
 
 def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
