@@ -28,9 +28,11 @@ fail with a :class:`ValueError` naming the shapes or the first offending row. Sh
 and device checks are free and always run. The value checks (finite logits, labels in
 ``[0, C)``) are one fused reduction plus one host sync; ``validate=False`` skips them.
 Measured on a resnet8x4 SGD step at batch 64: on CPU (2 cores) the check costs about 70 us
-of a ~400 ms step (0.02%), so it is on by default. On an H100 the step is ~5 ms and
-launch-bound; two runs gave -2% to +12% with the check vs without, i.e. within run-to-run
-noise. ``validate=False`` is there for GPU loops that avoid host syncs altogether.
+of a ~400 ms step (0.02%), so it is on by default in the public functions. A GPU loop must
+not wait for the host, and a captured step (a CUDA graph) cannot contain a sync at all, so
+training (``pipeline.train``) calls the objective with ``validate=False`` on every device and
+checks the epoch's summed losses, and each epoch's cached teacher logits, for non-finite
+values instead.
 """
 
 from __future__ import annotations
@@ -104,9 +106,11 @@ def _validate(
                 f"student logits are on {student.device} but teacher logits on {teacher.device}"
             )
     classes = student.shape[1]
-    bad_target = None if target is None else _check_target(target, student)
+    if target is not None:
+        _check_target(target, student)
     if not values:
         return
+    bad_target = None if target is None else (target < 0) | (target >= classes)
     ok = torch.isfinite(student).all()
     if teacher is not None:
         ok = ok & torch.isfinite(teacher).all()
@@ -129,13 +133,13 @@ def _validate(
     )
 
 
-def _check_target(target: object, student: Tensor) -> Tensor:
-    """Static checks on the labels; returns the (lazy) per-row out-of-range mask."""
+def _check_target(target: object, student: Tensor) -> None:
+    """Static checks on the labels (type, dtype, shape, device): free, no kernel runs."""
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a torch.Tensor, got {type(target).__name__}")
     if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
         raise ValueError(f"target must be an integer class-index tensor, got dtype {target.dtype}")
-    batch, classes = student.shape
+    batch = student.shape[0]
     if target.dim() != 1 or target.shape[0] != batch:
         raise ValueError(
             f"target must have shape ({batch},) to match student logits shape "
@@ -143,7 +147,6 @@ def _check_target(target: object, student: Tensor) -> Tensor:
         )
     if target.device != student.device:
         raise ValueError(f"student logits are on {student.device} but target on {target.device}")
-    return (target < 0) | (target >= classes)  # lazy: only evaluated by value checks
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -516,6 +519,12 @@ class Objective:
         object.__setattr__(self, "params", MappingProxyType(merged))
 
     @property
+    def term_names(self) -> tuple[str, ...]:
+        """The keys of the dict the objective returns, in its order."""
+        parts = {"ce": (), "kd": ("kd",), "dkd": ("tckd", "nckd"), "rld": ("scd", "mcd")}[self.method]
+        return ("ce", *parts, "total")
+
+    @property
     def needs_teacher(self) -> bool:
         """False only for plain cross-entropy."""
         return self.method != "ce"
@@ -567,11 +576,35 @@ class Objective:
             return 1.0
         return min(int(epoch) / warmup, 1.0)
 
+    def scales(self, epoch: int) -> tuple[float, float, float]:
+        """``(w, w * alpha, w * beta)``, ``w = min(epoch / warmup, 1)``: what the distillation
+        parts are multiplied by at ``epoch`` ((1, 1, 1) for methods without alpha and beta).
+
+        :meth:`terms` takes them as Python floats or as a float32 tensor on the logits'
+        device; either way the total is bitwise the same (a Python scalar enters a float32
+        kernel rounded to float32, which is what the tensor holds). A captured training step
+        (a CUDA graph) reads them from such a tensor, so a new epoch's warm-up weight needs
+        no new capture.
+        """
+        factor = self.warmup_factor(epoch)
+        if self.method not in ("dkd", "rld"):
+            return (factor, 1.0, 1.0)
+        return (factor, factor * self.params["alpha"], factor * self.params["beta"])
+
     def __call__(
         self, student: Tensor, teacher: Tensor | None, target: Tensor, epoch: int
     ) -> dict[str, Tensor]:
+        return self.terms(student, teacher, target, self.scales(epoch))
+
+    def terms(
+        self,
+        student: Tensor,
+        teacher: Tensor | None,
+        target: Tensor,
+        scales: tuple[float, float, float] | Tensor,
+    ) -> dict[str, Tensor]:
+        """The objective's terms (see the class docstring) with the epoch's :meth:`scales`."""
         p = self.params
-        factor = self.warmup_factor(epoch)
         if self.method != "ce" and teacher is None:
             raise ValueError(f"method {self.method!r} needs teacher logits, got None")
         s, t, y = _prepare(
@@ -593,8 +626,8 @@ class Objective:
             terms = _rld_terms(s, t, y, p["temperature"], p["alpha_temperature"], stand)
             a, b, names = terms["scd"], terms["mcd"], ("scd", "mcd")
         alpha, beta = p["alpha"], p["beta"]
-        total = ce + factor * (alpha * a + beta * b)
-        return {"ce": ce, names[0]: factor * alpha * a, names[1]: factor * beta * b, "total": total}
+        total = ce + scales[0] * (alpha * a + beta * b)
+        return {"ce": ce, names[0]: scales[1] * a, names[1]: scales[2] * b, "total": total}
 
 
 def make_objective(method: str, *, validate: bool = True, **overrides: float | bool) -> Objective:

@@ -697,3 +697,32 @@ def test_official_cli_conventions() -> None:
     with pytest.raises(ValueError, match="does not apply to method 'ce'"):
         make_objective("ce").with_official_logit_stand()
     assert isinstance(rld, Objective)
+
+
+@pytest.mark.parametrize("method", ["ce", "kd", "dkd", "rld"])
+def test_term_names_are_the_objectives_keys_in_order(method: str) -> None:
+    s, t, y = random_batch(8, 10, seed=3)
+    assert tuple(make_objective(method)(s, t, y, epoch=2)) == make_objective(method).term_names
+
+
+@pytest.mark.parametrize("method", ["dkd", "rld"])
+def test_scales_as_a_float32_tensor_give_bitwise_the_float_scales_terms(method: str) -> None:
+    """A captured training step reads the epoch's scales from a device tensor; its loss and
+    gradient must be exactly those of the Python floats eager training passes. Odd weights
+    and warm-up so that w * alpha and w * beta are not exact in float32."""
+    s, t, y = random_batch(64, 100, seed=21)
+    s, t = s.float(), t.float()
+    obj = make_objective(method, alpha=0.3, beta=6.7, warmup=7.0)
+    for epoch in (1, 3, 6, 7, 30):
+        floats = obj.scales(epoch)
+        assert floats[1] == pytest.approx(floats[0] * 0.3) and floats[2] == pytest.approx(floats[0] * 6.7)
+        out = {}
+        for name, scales in (("floats", floats), ("tensor", torch.tensor(floats, dtype=torch.float32))):
+            student = s.clone().requires_grad_(True)
+            terms = obj.terms(student, t, y, scales)
+            terms["total"].backward()
+            out[name] = ({k: v.detach() for k, v in terms.items()}, student.grad)
+        assert out["floats"][0] == obj(s, t, y, epoch)  # __call__ is terms() with scales(epoch)
+        for key in out["floats"][0]:
+            assert torch.equal(out["floats"][0][key], out["tensor"][0][key]), (epoch, key)
+        assert torch.equal(out["floats"][1], out["tensor"][1]), epoch
