@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 from statistics import NormalDist
 
 import numpy as np
@@ -14,6 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from pipeline.data import load_dataset
 from pipeline.views import (
     CropFlip,
+    EpochLoader,
     ResizedCropFlip,
     ViewFamily,
     ViewRequest,
@@ -103,6 +105,33 @@ def test_loader_gives_same_bits_with_workers_batch_size_and_order(images):
     other = collect(7, np.random.default_rng(0).permutation(64), 2)
     assert main.keys() == other.keys()
     assert all(torch.equal(main[i], other[i]) for i in main)
+
+
+def test_epoch_loader_keeps_its_workers_and_yields_what_view_loader_yields(images):
+    """Workers that live across epochs: each epoch's plan (another order, batch size and
+    views each time) comes out as view_loader builds it, batch for batch, from the same
+    worker processes; with no workers, from the main process."""
+    family = CropFlip(32, 4)
+    spec = ViewSpec(family, "per-epoch", 3, seed=2)
+    persistent, main = EpochLoader(family, images, num_workers=2), EpochLoader(family, images)
+    before = {p.pid for p in multiprocessing.active_children()}
+    workers = None
+    try:
+        for epoch, batch_size in enumerate((16, 7, 64)):
+            params = spec.params(np.arange(64), epoch)
+            batches = batch_indices(64, batch_size, np.random.default_rng(epoch).permutation(64))
+            expected = list(view_loader(family, [ViewRequest(images, idx, params[idx]) for idx in batches]))
+            for loader in (persistent, main):
+                got = list(loader.epoch([(idx, params[idx]) for idx in batches]))
+                assert len(got) == len(expected)
+                for g, e in zip(got, expected):
+                    assert torch.equal(g[0], e[0]) and all(np.array_equal(a, b) for a, b in zip(g[1:], e[1:]))
+            started = {p.pid for p in multiprocessing.active_children()} - before
+            assert len(started) == 2 and (workers is None or started == workers), (started, workers)
+            workers = started
+    finally:
+        persistent.close()
+    assert not {p.pid for p in multiprocessing.active_children()} & workers  # close() stopped them
 
 
 def test_exhaustive_enumerates_162_distinct_views_and_ignores_seed():
