@@ -59,12 +59,14 @@ def resolve_channels_last(channels_last: bool | None, device: torch.device) -> b
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, amp: str) -> Iterator[None]:
+def autocast(device: torch.device, amp: str, *, cache: bool = True) -> Iterator[None]:
+    """Autocast to `amp` ("off", "bf16", "fp16"). `cache=False` for CUDA graph capture: the
+    cache of cast weights would hold tensors from outside the graph (same values either way)."""
     if amp == "off":
         yield
         return
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache):
         yield
 
 

@@ -35,13 +35,15 @@ from pipeline.data import ImageSet, to_device, to_model_input
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.inference import Numerics, predict_test, topk_accuracy
 from pipeline.losses import make_objective
-from pipeline.runtime import autocast, code_version, resolve_amp, resolve_device, resolve_workers
+from pipeline.runtime import code_version, resolve_amp, resolve_device, resolve_workers
+from pipeline.step import CapturedStep, TrainStep, resolve_compile
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import Teacher, load_teacher
-from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
+from pipeline.views import EpochLoader, ViewSpec, batch_indices
 
-# Options that change how fast a run goes but not what it computes: a run may resume with others.
-RUNTIME_ONLY = ("num_workers", "eval_batch_size")
+# Options that change how fast a run goes but not what it computes (beyond float rounding, for
+# `compile`): a run may resume with others.
+RUNTIME_ONLY = ("num_workers", "eval_batch_size", "compile")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainConfig:
     channels_last: bool = True
     num_workers: int | None = None  # None: up to 8 on CUDA, 0 on CPU
     eval_batch_size: int = 256
+    compile: bool = False  # replay the training step as a CUDA graph (pipeline/step.py); CUDA only
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -234,17 +237,19 @@ def train(
     if objective.needs_teacher and signal.kind == "none":
         raise ValueError(f"loss {cfg.loss!r} needs a teacher: give a logit store or an online teacher")
     device = resolve_device(cfg.device)
-    # Per-step value checks cost a host sync each step on a GPU; there, cached logits are
-    # checked once per epoch and the epoch's loss is checked for NaN instead.
-    objective = objective.replace(validate=device.type == "cpu")
+    # No per-step value checks, on any device: each costs a host sync, which a GPU step must
+    # not wait for and a captured step cannot contain. Each epoch's summed losses, and each
+    # epoch's cached teacher logits (StoreSignal.plan), are checked for NaN/inf instead.
+    objective = objective.replace(validate=False)
     amp = resolve_amp(cfg.amp, device)
     world = init_world(device.type)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     try:
+        captured = resolve_compile(cfg.compile, device, amp, world.size)
         run = _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,
-                     restart_stale)
+                     restart_stale, captured)
         finished = _run_epochs(run, train_set, test_set, val_set, signal, progress, stop_after, on_step)
         if not finished:
             return {"stopped_after_epoch": run.epoch}
@@ -268,6 +273,7 @@ class _Run:
     net: nn.Module  # the model, or its DDP wrapper
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
+    step: TrainStep  # one SGD step, eager or captured
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     epoch: int = 0  # epochs finished
@@ -279,7 +285,7 @@ class _Run:
 
 
 def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,  # noqa: ANN001
-           restart_stale) -> _Run:
+           restart_stale, captured) -> _Run:
     """Build the model and optimizer, resume from a checkpoint of the same run, write config.json."""
     if (out / "summary.json").exists() and not overwrite:
         raise RunExists(f"{out} already holds a finished run (summary.json); pass --force to train it again")
@@ -295,7 +301,11 @@ def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, am
     net: nn.Module = model
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler)
+    if captured:
+        step = CapturedStep(net, objective, optimizer, scaler, device, amp, cfg.batch_size)
+    else:
+        step = TrainStep(net, objective, optimizer, scaler, device, amp)
+    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler, step)
 
     datasets = {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
                 "test_dataset": test_set.describe()}
@@ -327,9 +337,11 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
     """Train from `run.epoch` to the end (True), or until `stop_after` epochs of this call (False).
 
     The next epoch's plan (slots, view parameters, cached logits) is read in a background
-    thread while this epoch trains.
+    thread while this epoch trains; the DataLoader workers that build views live across epochs.
     """
     cfg, world, n = run.cfg, run.world, len(train_set)
+    loader = EpochLoader(signal.spec.family, train_set, num_workers=resolve_workers(cfg.num_workers, run.device),
+                         pin_memory=run.device.type == "cuda")
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-plan")
     future = prefetch.submit(signal.plan, run.epoch, cfg.seed, n) if run.epoch < cfg.epochs else None
     bar = tqdm(total=cfg.epochs, initial=run.epoch, unit="epoch", disable=not (progress and world.is_main), desc=run.out.name)
@@ -339,7 +351,7 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
             plan = future.result()
             if run.epoch + 1 < cfg.epochs:
                 future = prefetch.submit(signal.plan, run.epoch + 1, cfg.seed, n)
-            row = _train_epoch(run, plan, train_set, signal, on_step)
+            row = _train_epoch(run, plan, loader, train_set, signal, on_step)
             run.epoch += 1
             if world.is_main:
                 row.update(_evaluate_epoch(run, train_set, test_set, val_set, signal))
@@ -356,10 +368,11 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
     finally:
         bar.close()
         prefetch.shutdown(wait=True, cancel_futures=True)
+        loader.close()
     return True
 
 
-def _train_epoch(run: _Run, plan: EpochPlan, train_set: ImageSet, signal: ViewsOnly,
+def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: ImageSet, signal: ViewsOnly,
                  on_step: Callable | None) -> dict[str, Any]:
     """One pass over the training set; returns the epoch's row of metrics (losses, train top-1, speed)."""
     cfg, device, world, epoch = run.cfg, run.device, run.world, run.epoch
@@ -367,47 +380,39 @@ def _train_epoch(run: _Run, plan: EpochPlan, train_set: ImageSet, signal: ViewsO
     if plan.logits is not None:
         plan.logits = plan.logits.to(device)  # one copy per epoch, then gathers on the device
     lr = learning_rate(cfg, epoch + 1)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    run.step.start_epoch(epoch + 1, lr)
 
     global_batches = batch_indices(n, cfg.batch_size, epoch_order(cfg.seed, epoch, n))
     mine = [rank_slice(b, world) for b in global_batches]
-    loader = view_loader(signal.spec.family, [ViewRequest(train_set, idx, plan.params[idx]) for idx in mine],
-                         num_workers=resolve_workers(cfg.num_workers, device), pin_memory=device.type == "cuda")
     labels = torch.from_numpy(train_set.labels).to(device)
     run.net.train()
-    totals: dict[str, torch.Tensor] = {}
-    correct = torch.zeros((), device=device)
     start = time.perf_counter()
-    for step, (views, _labels, idx, crc) in enumerate(loader):
+    for step, (views, _labels, idx, crc) in enumerate(loader.epoch([(i, plan.params[i]) for i in mine])):
         _check_inputs(plan, idx, crc, epoch)
         x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
         idx = to_device(idx, device)
         y = labels[idx]
         teacher_logits = signal.batch_logits(plan, x, idx)
-        with autocast(device, run.amp):
-            student_logits = run.net(x)
-        terms = run.objective(student_logits.float(), teacher_logits, y, epoch + 1)
         # Each rank's mean is scaled by its share of the global batch, so DDP's
         # gradient average is exactly the global-batch mean.
         share = len(idx) * world.size / len(global_batches[step])
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(terms["total"] * share).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        for key, value in terms.items():
-            totals[key] = totals.get(key, 0) + value.detach() * len(idx)
+        terms = run.step(x, y, teacher_logits, share)
         if on_step is not None:
             on_step(epoch + 1, step, {k: float(v.detach()) for k, v in terms.items()})
-        correct += (student_logits.argmax(1) == y).sum()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
-    sums = all_sum(torch.stack([*totals.values(), correct.float()]).cpu())
+    sums = all_sum(run.step.sums.cpu())  # each term x batch size, then the correct count
+    losses = {name: float(total) / n for name, total in zip(run.step.names, sums[:-1])}
     if not torch.isfinite(sums).all():
-        raise RuntimeError(f"non-finite training loss in epoch {epoch + 1} ({', '.join(totals)}: {sums[:-1].tolist()})")
+        bad = ", ".join(f"{name} {value}" for name, value in losses.items() if not math.isfinite(value))
+        kept = f"checkpoint.pt keeps epoch {epoch}" if epoch else "no epoch was checkpointed"
+        raise RuntimeError(
+            f"epoch {epoch + 1}: non-finite training loss ({bad}): the student diverged (try a lower --lr, or "
+            f"--amp bf16/off instead of fp16) or a step's input or teacher logits held NaN/inf; {kept}"
+        )
     row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
-    row.update({f"loss_{k}": float(v) / n for k, v in zip(totals, sums[:-1])})
+    row.update({f"loss_{name}": value for name, value in losses.items()})
     row["train_top1"] = 100.0 * float(sums[-1]) / n
     row["images_per_s"] = n / seconds
     row["epoch_seconds"] = seconds
