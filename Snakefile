@@ -145,6 +145,8 @@ def student_args(wildcards):
     s = STUDENTS[wildcards.name]
     args = [f"--arch {q(s['arch'])} --loss {s['loss']} --seed {s.get('seed', 0)}", recipe_args(s.get("recipe")),
             runtime_args(s.get("amp"))]
+    if config.get("compile"):
+        args.append("--compile")
     for key, value in (s.get("loss_options") or {}).items():
         flag = key.replace("_", "-")
         args.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")

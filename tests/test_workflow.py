@@ -106,6 +106,15 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
 
+def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
+    wd = workdir(tmp_path, {**TINY, "compile": True})
+    commands = snakemake(wd, "--dry-run", "--printshellcmds", "students/a").stdout.splitlines()
+    students = [c for c in commands if "student train" in c]
+    others = [c for c in commands if " dump " in c or "teacher train" in c]
+    assert students and others, commands
+    assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
