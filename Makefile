@@ -41,6 +41,7 @@ data:
 bench: setup
 	$(PY) bench/bench_dump.py
 	$(PY) bench/bench_student.py
+	$(PY) bench/bench_gpu.py
 
 # Remove workflow outputs (teachers, stores, students, reports, logs); keeps the venv.
 clean:
