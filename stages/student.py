@@ -61,7 +61,7 @@ def student() -> None:
 @click.option("--view-seed", type=int, default=None, help="Without a store: seed of the views (default --seed).")
 @click.option("--compile", "compile_step", is_flag=True,
               help="Replay the training step as a CUDA graph (forward, loss, backward, SGD step): the same "
-                   "computation up to float rounding, several times faster for small students. CUDA only (on a CPU "
+                   "computation up to float rounding, one launch per step instead of hundreds. CUDA only (on a CPU "
                    "it trains eagerly, saying so); not with --amp fp16 or DDP. A run may resume with or without it.")
 @click.option("--force", is_flag=True, help="Start over even if the output holds a finished run or another run's checkpoint.")
 @click.option("--restart-stale", is_flag=True,
