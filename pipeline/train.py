@@ -274,6 +274,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     step: TrainStep  # one SGD step, eager or captured
+    datasets: dict[str, Any] = field(default_factory=dict)  # train/val/test records, as checkpoints compare them
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     epoch: int = 0  # epochs finished
@@ -305,10 +306,9 @@ def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, am
         step = CapturedStep(net, objective, optimizer, scaler, device, amp, cfg.batch_size)
     else:
         step = TrainStep(net, objective, optimizer, scaler, device, amp)
-    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler, step)
-
     datasets = {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
                 "test_dataset": test_set.describe()}
+    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler, step, datasets)
     if run.checkpoint_path.exists() and not overwrite:
         ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
         differs = [k for k in resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != resolved[k]]
@@ -356,7 +356,7 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
             if world.is_main:
                 row.update(_evaluate_epoch(run, train_set, test_set, val_set, signal))
                 run.history.append(row)
-                _save_checkpoint(run, signal, train_set, test_set, val_set)
+                _save_checkpoint(run, signal)
                 monitor = "val_top1" if val_set is not None else "test_top1"
                 bar.set_postfix(loss=f"{row['loss_total']:.3f}", **{monitor: f"{row[monitor]:.2f}"},
                                 img_s=f"{row['images_per_s']:.0f}")
@@ -447,13 +447,11 @@ def _evaluate_epoch(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set:
     return metrics
 
 
-def _save_checkpoint(run: _Run, signal: ViewsOnly, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None) -> None:
+def _save_checkpoint(run: _Run, signal: ViewsOnly) -> None:
     _atomic_torch_save(
         {"epoch": run.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
          "scaler": run.scaler.state_dict(), "history": run.history, "best": run.best, "config": run.resolved,
-         "signal": signal.describe(), "torch_rng": torch.get_rng_state(),
-         "datasets": {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
-                      "test_dataset": test_set.describe()}},
+         "signal": signal.describe(), "torch_rng": torch.get_rng_state(), "datasets": run.datasets},
         run.checkpoint_path,
     )
 
@@ -485,9 +483,7 @@ def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSe
         "epochs": cfg.epochs,
         "config": run.resolved,
         "signal": signal.describe(),
-        "dataset": train_set.describe(),
-        "val_dataset": val_set.describe() if val_set is not None else None,
-        "test_dataset": test_set.describe(),
+        **run.datasets,
         "teacher_test": topk_accuracy(run.teacher_test, test_set.labels) if run.teacher_test is not None else {},
         "final": final,
         "best": best,
