@@ -11,6 +11,7 @@ no GPU (CUDA_VISIBLE_DEVICES=""), and in-process "auto" resolves to the CPU. A t
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,14 @@ def make_image_folder(root: Path, *, train: int = 60, test: int = 25, sides: tup
                     image = image.convert("L")
                 image.save(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
     return root
+
+
+def workflow_dir(path: Path, config: dict) -> Path:
+    """A copy of the workflow's layout (Snakefile + config/) in `path`, with `config` as its default config."""
+    import yaml
+
+    shutil.copy(REPO / "Snakefile", path / "Snakefile")
+    (path / "config").mkdir()
+    shutil.copy(REPO / "config" / "schema.yaml", path / "config" / "schema.yaml")
+    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    return path

@@ -24,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli
+from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
 from pipeline.store import LogitStore
 
 pytestmark = pytest.mark.slurm
@@ -82,13 +81,6 @@ def cluster():
             pytest.fail(problem)
         pytest.skip(problem)
 
-
-def workdir(path: Path, config: dict) -> Path:
-    shutil.copy(REPO / "Snakefile", path / "Snakefile")
-    (path / "config").mkdir()
-    shutil.copy(REPO / "config" / "schema.yaml", path / "config" / "schema.yaml")
-    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return path
 
 
 def start_snakemake(wd: Path, *args: str) -> subprocess.Popen:
@@ -161,7 +153,7 @@ def checkpoint_epoch(path: Path) -> int | None:
 
 
 def test_the_workflow_on_slurm_survives_a_cancelled_dump_shard_and_a_cancelled_student(tmp_path):
-    wd = workdir(tmp_path, CONFIG)
+    wd = workflow_dir(tmp_path, CONFIG)
     store_path = wd / "cache/logits/t-pe.zarr"
     walls, seen = [], []
 
@@ -270,7 +262,7 @@ def test_the_profile_asks_slurm_for_the_gpus_of_gpus_per_job(tmp_path):
         pytest.skip("this cluster has GPUs: submitting would run the jobs")
     config = {**CONFIG, "gpus_per_job": 4, "threads": {"teacher": 2, "dump": 1, "student": 3},
               "students": {"c": {"arch": "resnet8", "loss": "ce"}}}  # CE alone: no store to wait for
-    wd = workdir(tmp_path, config)
+    wd = workflow_dir(tmp_path, config)
     rc, out = finish(start_snakemake(wd, "--keep-going", "students/c", "teachers/t.pt"), timeout=120)
     assert rc != 0
     calls = {m[1]: m[2] for m in re.finditer(r"--comment (rule_\w+?)(?:_wildcards_\S+)? (.*)", out)}

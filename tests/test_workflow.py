@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli
+from conftest import SUBPROCESS_ENV, SYNTH, cli, workflow_dir
 from pipeline.data import load_dataset
 from pipeline.inference import Numerics, predict_test, topk_accuracy
 from pipeline.store import LogitStore
@@ -42,14 +40,6 @@ TINY = {
 }
 
 
-def workdir(tmp_path: Path, config: dict) -> Path:
-    """A copy of the workflow's layout (Snakefile + config/) with `config` as the default."""
-    shutil.copy(REPO / "Snakefile", tmp_path / "Snakefile")
-    (tmp_path / "config").mkdir()
-    shutil.copy(REPO / "config" / "schema.yaml", tmp_path / "config" / "schema.yaml")
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return tmp_path
-
 
 def snakemake(cwd: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
@@ -67,7 +57,7 @@ def planned_jobs(cwd: Path, target: str) -> dict[str, int]:
 
 
 def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
-    wd = workdir(tmp_path, TINY)
+    wd = workflow_dir(tmp_path, TINY)
     assert planned_jobs(wd, "students/a") == {"teacher": 1, "dump_shard": 2, "store_manifest": 1, "student": 1}
     snakemake(wd, "--cores", "2", "students/a")
 
@@ -107,7 +97,7 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
 
 
 def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
-    wd = workdir(tmp_path, {**TINY, "compile": True})
+    wd = workflow_dir(tmp_path, {**TINY, "compile": True})
     commands = snakemake(wd, "--dry-run", "--printshellcmds", "students/a").stdout.splitlines()
     students = [c for c in commands if "student train" in c]
     others = [c for c in commands if " dump " in c or "teacher train" in c]
@@ -127,7 +117,7 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
 def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, message):
     config = json.loads(json.dumps(TINY))
     change(config)
-    proc = snakemake(workdir(tmp_path, config), "--dry-run", check=False)
+    proc = snakemake(workflow_dir(tmp_path, config), "--dry-run", check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr, proc.stderr[-2000:]
 
@@ -137,7 +127,7 @@ def test_a_killed_dump_keeps_its_finished_units_and_the_rerun_completes(tmp_path
               "stores": {"big": {"teacher": "t8", "views": "per-epoch:6", "dtype": "float32", "shards": 1,
                                  "batch_size": 8}}}
     config["students"] = {"a": {"arch": "resnet8", "loss": "rld", "store": "big"}}
-    wd = workdir(tmp_path, config)
+    wd = workflow_dir(tmp_path, config)
     snakemake(wd, "--cores", "1", "teachers/t8.pt")
     store_path = wd / "cache/logits/big.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "cache/logits/big.json"], cwd=wd,
