@@ -56,16 +56,19 @@ def _teacher_sha(run: dict[str, Any]) -> str | None:
     return None if run["loss"] == "ce" else (run["signal"].get("teacher") or {}).get("weights_sha256")
 
 
-def _options(run: dict[str, Any]) -> str:
-    shown = {k: v for k, v in run["loss_options"].items() if k != "logit_stand" or v}
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+def _shown_options(run: dict[str, Any]) -> dict[str, str]:
+    """The loss options as the tables print them (logit_stand only when on)."""
+    return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in run["loss_options"].items()
+            if k != "logit_stand" or v}
 
 
 def row(run: dict[str, Any]) -> dict[str, Any]:
     """The table row of one run (keys starting with '_' are for grouping, not shown)."""
     teacher = run["signal"].get("teacher") or {}
     best = run.get("best") or {}
-    options = _options(run)
+    shown = _shown_options(run)
+    options = " ".join(f"{k}={v}" for k, v in shown.items())
+    where = setting(run)
     return {
         "name": run["name"],
         "teacher": teacher.get("arch", "-"),
@@ -84,9 +87,10 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "best_top1": best.get("top1"),
         "teacher_agreement": run["final"].get("teacher_agreement"),
         "images_per_s": run["images_per_s"],
-        "_setting": setting(run),
-        "_family": (setting(run), _teacher_sha(run), run["loss"]),
-        "_group": (setting(run), _teacher_sha(run), run["loss"], options),
+        "_setting": where,
+        "_family": (where, _teacher_sha(run), run["loss"]),
+        "_group": (where, _teacher_sha(run), run["loss"], options),
+        "_options": shown,
     }
 
 
@@ -112,7 +116,8 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         buckets.setdefault(r["_group"], []).append(r)
     out = []
     for members in buckets.values():
-        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "_family")}
+        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "_family",
+                                        "_options")}
         g["runs"] = len(members)
         g["seeds"] = ",".join(str(m["seed"]) for m in members)
         for metric in ("val_top1", "final_top1", "final_top5", "teacher_agreement", "delta_vs_ce"):
@@ -127,16 +132,21 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
-    """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2')."""
+def _by_family(grouped: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Groups that differ only in their loss options: one loss of one setting and teacher."""
     families: dict[tuple, list[dict[str, Any]]] = {}
     for g in grouped:
         families.setdefault(g["_family"], []).append(g)
-    for members in families.values():
-        parsed = [dict(item.split("=", 1) for item in m["options"].split()) for m in members]
-        varying = sorted({k for p in parsed for k in p if len({q.get(k) for q in parsed}) > 1})
-        for m, p in zip(members, parsed):
-            m["label"] = " ".join([m["loss"], *(f"{k}={p.get(k, '-')}" for k in varying)])
+    return list(families.values())
+
+
+def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
+    """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2')."""
+    for members in _by_family(grouped):
+        options = [m["_options"] for m in members]
+        varying = sorted({k for o in options for k in o if len({p.get(k) for p in options}) > 1})
+        for m in members:
+            m["label"] = " ".join([m["loss"], *(f"{k}={m['_options'].get(k, '-')}" for k in varying)])
 
 
 def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
@@ -144,10 +154,7 @@ def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
 
     Only families with more than one option set and validation numbers for all of them choose.
     """
-    families: dict[tuple, list[dict[str, Any]]] = {}
-    for g in grouped:
-        families.setdefault(g["_family"], []).append(g)
-    for members in families.values():
+    for members in _by_family(grouped):
         if len(members) > 1 and all(m["val_top1"] is not None for m in members):
             max(members, key=lambda m: m["val_top1"])["chosen"] = True
 
@@ -204,7 +211,8 @@ def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], 
                 f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | "
                 f"{_positive(g)} | {_pm(g['teacher_agreement'], g['teacher_agreement_std'])} |"
             )
-    chosen = [g for g in grouped if g["chosen"] or not any(o["_family"] == g["_family"] and o is not g for o in grouped)]
+    # One row per loss: the chosen option set, or the only one that was run.
+    chosen = [g for members in _by_family(grouped) for g in members if g["chosen"] or len(members) == 1]
     if any(g["chosen"] for g in grouped):
         lines += ["", "## One setting per loss, chosen on validation", "",
                   "| teacher | arch | loss | options | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 |",
