@@ -198,6 +198,17 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "val" and val_split is None:
+        raise ValueError("split 'val' needs val_split (samples per class, or a fraction of each class)")
+    data = _load_raw(spec, "test" if split == "test" else "train", root, download)
+    if split == "test":
+        return data if subset is None else data.select(first_per_class(data.labels, subset), subset=subset)
+    train, val = _hold_out(data, val_split, subset)
+    return val if split == "val" else train
+
+
+def _load_raw(spec: str, split: str, root: str | os.PathLike | None, download: bool) -> ImageSet:
+    """The whole "train" or "test" split as its loader reads it (options checked)."""
     name, options = parse_dataset_spec(spec)
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(_LOADERS)}")
@@ -206,19 +217,22 @@ def load_dataset(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"dataset {name!r} has no option {unknown[0]!r}; its options: {accepted or 'none'}")
-    if split == "val" and val_split is None:
-        raise ValueError("split 'val' needs val_split (samples per class, or a fraction of each class)")
     root_path = Path(root or os.environ.get(DEFAULT_ROOT_ENV, "data")).expanduser()
-    data = loader("test" if split == "test" else "train", root_path, download=download, **options)
+    data = loader(split, root_path, download=download, **options)
     data.options = options
-    if val_split is not None and split != "test":
+    return data
+
+
+def _hold_out(data: ImageSet, val_split: ValSplit | None, subset: int | None) -> tuple[ImageSet, ImageSet | None]:
+    """(training samples, validation samples or None) of a whole training split."""
+    val = None
+    if val_split is not None:
         held_out = last_per_class(data.labels, val_split)
-        if split == "val":
-            return data.select(held_out, split="val", val_split=val_split)
+        val = data.select(held_out, split="val", val_split=val_split)
         data = data.select(np.setdiff1d(np.arange(len(data)), held_out), val_split=val_split)
     if subset is not None:
         data = data.select(first_per_class(data.labels, subset), subset=subset, val_split=val_split)
-    return data
+    return data, val
 
 
 def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
@@ -537,11 +551,20 @@ def load_splits(
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) of one dataset; subsets keep the first N samples of each class.
 
-    With `val_split` the training set excludes the validation samples; load those with
-    `load_dataset(spec, "val", val_split=...)`.
+    With `val_split` the training set excludes the validation samples (see `load_splits_with_val`).
     """
-    train = load_dataset(spec, "train", root=root, subset=subset, val_split=val_split, download=download)
+    train, _, test = load_splits_with_val(spec, root=root, subset=subset, test_subset=test_subset,
+                                          val_split=val_split, download=download)
+    return train, test
+
+
+def load_splits_with_val(
+    spec: str, *, root: str | os.PathLike | None = None, subset: int | None = None,
+    test_subset: int | None = None, val_split: ValSplit | None = None, download: bool = True,
+) -> tuple[ImageSet, ImageSet | None, ImageSet]:
+    """(train, validation or None, test), reading the training split once for both of its parts."""
+    train, val = _hold_out(_load_raw(spec, "train", root, download), val_split, subset)
     test = load_dataset(spec, "test", root=root, subset=test_subset, download=download)
     if train.classes != test.classes:
         raise DatasetError(f"{spec}: train and test splits name different classes")
-    return train, test
+    return train, val, test

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import load_dataset, load_splits
+from pipeline.data import load_splits_with_val
 from pipeline.inference import Numerics, default_family
 from pipeline.losses import DEFAULTS, METHODS
 from pipeline.models import available
@@ -107,9 +107,8 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             val_split = val_split if val_split is not None else recorded.get("val_split")
         elif dataset is None:
             raise ValueError("--dataset is required without --logits")
-        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
-                                          val_split=val_split)
-        val_set = load_dataset(dataset, "val", root=data_root, val_split=val_split) if val_split else None
+        train_set, val_set, test_set = load_splits_with_val(dataset, root=data_root, subset=subset,
+                                                            test_subset=test_subset, val_split=val_split)
 
         if store is not None:
             _check_store(store, train_set, test_set, augment, teacher_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import load_dataset, load_splits
+from pipeline.data import load_splits, load_splits_with_val
 from pipeline.inference import default_family
 from pipeline.runtime import resolve_amp, resolve_device
 from pipeline.train import TrainConfig, train_teacher
@@ -29,9 +29,8 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
               milestones, lr_decay, seed, device, amp, channels_last, workers, force, out) -> None:  # noqa: ANN001
     """Plain cross-entropy training with the paper's recipe; records test accuracy."""
     try:
-        train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
-                                          val_split=val_split)
-        val_set = load_dataset(dataset, "val", root=data_root, val_split=val_split) if val_split else None
+        train_set, val_set, test_set = load_splits_with_val(dataset, root=data_root, subset=subset,
+                                                            test_subset=test_subset, val_split=val_split)
         family = parse_family(augment) if augment else default_family(train_set)
         cfg = TrainConfig(arch=arch, loss="ce", epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                           weight_decay=weight_decay, milestones=milestones, lr_decay=lr_decay, seed=seed,
