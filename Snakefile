@@ -38,14 +38,20 @@ PAPER_RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "w
 # is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
 TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), expand_students(config["students"])
 REPORT = config.get("report_dir", "reports")
-_threads = config.get("threads", 2)
-THREADS = {job: _threads.get(job, 2) if isinstance(_threads, dict) else _threads for job in ("teacher", "dump", "student")}
+
+
+def per_job(key, default):
+    """A config value given as one number for every job, or one per kind of job."""
+    value = config.get(key, default)
+    return {job: value.get(job, default) if isinstance(value, dict) else value for job in ("teacher", "dump", "student")}
+
+
+THREADS = per_job("threads", 2)
 GPUS = config.get("gpus_per_job", 0)
 # Memory per job in MB, like threads: one number or one per kind of job. The defaults fit a
 # CIFAR-size GPU job (CUDA context, the data set, an epoch of cached logits and the next one
 # prefetched); ImageNet-size stores and image folders need more (see config/imagenet.yaml).
-_mem = config.get("mem_mb", 8000)
-MEM_MB = {job: _mem.get(job, 8000) if isinstance(_mem, dict) else _mem for job in ("teacher", "dump", "student")}
+MEM_MB = per_job("mem_mb", 8000)
 # Snakemake's local executor does not say which GPU a job may use, so GPU jobs run under
 # `rld on-gpus`: it waits for a free slot on GPUS devices of their own (jobs_per_gpu slots
 # per device) and sets CUDA_VISIBLE_DEVICES; a slot is freed when its job ends, however.
