@@ -26,14 +26,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_workers(workers: int | None, device: torch.device) -> int:
-    """None means: feed a GPU from up to 8 worker processes; on CPU the main process is faster.
+def cpu_budget() -> int:
+    """The CPUs this job may use: those it is pinned to (taskset, a SLURM cgroup), capped by
+    OMP_NUM_THREADS, which the Snakefile sets to the job's `threads`. On a shared GPU node
+    (several students per GPU) the node's CPU count would oversubscribe it many times over."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return max(1, min(cpus, int(omp))) if omp.isdigit() and int(omp) > 0 else max(1, cpus)
 
-    On a CPU box the workers would take cores from the model itself.
-    """
+
+def resolve_workers(workers: int | None, device: torch.device) -> int:
+    """None means: on CUDA, one view worker per CPU of the job's budget beyond the main
+    process, 1 to 8; on CPU none, since workers would take cores from the model itself."""
     if workers is not None:
         return workers
-    return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+    return min(8, max(1, cpu_budget() - 1)) if device.type == "cuda" else 0
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

@@ -64,7 +64,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
-    num_workers: int | None = None  # None: up to 8 on CUDA, 0 on CPU
+    num_workers: int | None = None  # None: runtime.resolve_workers
     eval_batch_size: int = 256
     compile: bool = False  # replay the training step as a CUDA graph (pipeline/step.py); CUDA only
 

@@ -53,7 +53,7 @@ def runtime_options(channels_last: str | None = "on", *, workers: bool = True, a
                                     help="channels_last memory format of the model being trained."))
     if workers:
         options.append(click.option("--workers", type=click.IntRange(min=0), default=None,
-                                    help="DataLoader worker processes building views (default: up to 8 on CUDA, 0 on CPU)."))
+                                    help="DataLoader worker processes building views (default on CUDA: the job's CPUs - 1, i.e. its affinity capped by OMP_NUM_THREADS, 1 to 8; 0 on CPU)."))
     return _stack(*options)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from pipeline.data import check_decodes, load_dataset
+from pipeline.runtime import cpu_budget
 from stages._options import fail
 
 
@@ -24,7 +23,7 @@ def data() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check_cmd(dataset: str, data_root: str | None, workers: int | None, quiet: bool) -> None:
     """Decode every image of the train and test splits; list the bad ones (exit status 1 if any)."""
-    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    workers = min(8, cpu_budget()) if workers is None else workers
     bad, total = [], 0
     try:
         for split in ("train", "test"):

@@ -90,3 +90,23 @@ def test_the_cli_sets_the_devices_of_the_command(tmp_path):
     assert rld(*args, cwd=REPO).stdout.strip() == "3,5"
     failed = rld("on-gpus", "--gpus", "4", "--devices", "0,1", "--lock-dir", str(tmp_path), "--", "true", check=False)
     assert failed.returncode == 1 and "asks for 4 GPUs but this machine offers 2 (0,1)" in failed.stderr
+
+
+def test_gpu_jobs_size_their_view_workers_from_the_jobs_cpus_not_the_nodes(monkeypatch):
+    """Four students sharing a GPU on a 64-core node, each given `threads: 4`, must not start
+    eight workers each: a job's budget is its affinity capped by OMP_NUM_THREADS."""
+    import torch
+
+    from pipeline.runtime import cpu_budget, resolve_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert cpu_budget() == 4 and resolve_workers(None, cuda) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_budget() == 64 and resolve_workers(None, cuda) == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a one-CPU cgroup
+    assert resolve_workers(None, cuda) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    assert cpu_budget() == 1
+    assert resolve_workers(None, cpu) == 0 and resolve_workers(5, cuda) == 5
