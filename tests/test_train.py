@@ -429,16 +429,21 @@ def update_distance(run: Path, reference: Path, init: Path, buffers: bool = Fals
 # Two SGD steps on 96 samples in global batches of 49 and 47: each splits unevenly over two
 # ranks (25/24, 24/23), so the loss scaling by a rank's share of the batch matters. KD at T=1
 # reads the store's teacher logits of each rank's rows. Measured distance of the 2-rank update
-# from the 1-process update (AMD EPYC, 2 cores, gloo):
-#   intact           4.3e-6 (weights), 2.7e-7 (BatchNorm statistics): float32 rounding of
-#                    summing over ranks, ~5e-6 after one step, not amplified by the second;
-#   no-grad-sync     0.57   (each rank steps on its own half of the batch);
-#   local-batchnorm  0.12   (BatchNorm normalises with a rank's half-batch statistics).
-# Training amplifies rounding: on this machine the intact distance reaches 1e-3 after 6 steps
-# of RLD (the old 6-step, 1e-4 test failed here) and 2.7e-4 after 2 steps of KD at T=4, so
-# the test stops after two gentle steps. DDP_TOLERANCE sits ~200x above the intact distance
-# and 100x below the nearest broken one; the broken variants must clear 30x of it.
-DDP_TOLERANCE = 1e-3
+# from the 1-process update on an AMD EPYC (2 cores, gloo), under the three kernel sets torch
+# and oneDNN pick by CPU (forced with ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA):
+#                    AVX-512   AVX2     SSE4.1
+#   intact           4.4e-6    1.1e-3   1.7e-6
+#   no-grad-sync     0.57      0.58     0.56   (each rank steps on its own half of the batch)
+#   local-batchnorm  0.121     0.124    0.118  (BatchNorm normalises with a rank's half-batch
+#                                               statistics)
+# The intact distance is float32 rounding, amplified by the network: resnet8's float32
+# gradients in its first block differ from float64 ones by ~1e-3 relative, since a ReLU input
+# that rounds to exactly 0 (one of 800k at layer1's output, on Gaussian inputs) drops its
+# gradient; which inputs land on 0 depends on the kernels' summation order. So two correct
+# float32 runs that sum in other orders may differ by ~1e-3, and the old 1e-4 (then 1e-3)
+# tolerance failed on other CPUs. DDP_TOLERANCE sits ~10x above the worst intact distance and
+# 12x below the nearest broken one; the broken variants must clear 5x of it.
+DDP_TOLERANCE = 1e-2
 DDP_ARGS = ["student", "train", "--arch", "resnet8", "--loss", "kd", "-T", "1", "--epochs", "1", "--batch-size", "49",
             "--milestones", "", "--seed", "1", "--no-channels-last", "--quiet"]
 
@@ -464,7 +469,7 @@ def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
     assert update_distance(final["intact"], final["one"], final["init"], buffers=True) < DDP_TOLERANCE
     # The controls: a DDP that does not average gradients over the global batch, or one with
     # per-rank BatchNorm statistics, is far outside the tolerance.
-    assert distance["no-grad-sync"] > 30 * DDP_TOLERANCE and distance["local-batchnorm"] > 30 * DDP_TOLERANCE, distance
+    assert distance["no-grad-sync"] > 5 * DDP_TOLERANCE and distance["local-batchnorm"] > 5 * DDP_TOLERANCE, distance
 
     # The epoch's loss sums every rank's samples: float32 sums in another order (~1e-7
     # relative; measured equal here). 1e-5 is 100x that.
