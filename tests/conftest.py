@@ -38,6 +38,13 @@ def _cpu_unless_marked_gpu(request, monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Which kernels this run rounded with (`make test-kernels` forces others), even with -q."""
+    forced = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}
+    terminalreporter.write_line(f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+                                + (f", forced: {forced}" if forced else ""))
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
