@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import load_splits_with_val
-from pipeline.inference import Numerics, default_family
 from pipeline.losses import DEFAULTS, METHODS
 from pipeline.models import available
-from pipeline.runtime import resolve_device
-from pipeline.store import LogitStore, StoreError
-from pipeline.teacher import load_teacher
-from pipeline.train import OnlineSignal, StoreSignal, TrainConfig, ViewsOnly, train
-from pipeline.views import ViewSpec, parse_family
+from pipeline.student import DataRequest, student_inputs
+from pipeline.train import TrainConfig, train
 from stages._options import dataset_options, fail, recipe_options, runtime_options
 
 # CLI flag -> objective option; only flags the user gives reach the objective, so a flag
@@ -94,51 +89,16 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
             if key not in DEFAULTS[loss]:
                 valid = ", ".join(LOSS_FLAGS[k] for k in DEFAULTS[loss])
                 raise ValueError(f"{LOSS_FLAGS[key]} does not apply to --loss {loss}; its options: {valid}")
-        if loss != "ce" and store_path is None and online_teacher is None:
-            raise ValueError(f"--loss {loss} needs a teacher: --logits STORE or --online-teacher FILE")
-
-        store = LogitStore.open(store_path) if store_path else None
-        if store is not None:
-            store.require_complete()
-            recorded = store.attrs["dataset"]
-            dataset = dataset or recorded.get("spec", recorded["name"])
-            subset = subset if subset is not None else recorded.get("subset")
-            test_subset = test_subset if test_subset is not None else store.attrs["eval_dataset"].get("subset")
-            val_split = val_split if val_split is not None else recorded.get("val_split")
-        elif dataset is None:
-            raise ValueError("--dataset is required without --logits")
-        train_set, val_set, test_set = load_splits_with_val(dataset, root=data_root, subset=subset,
-                                                            test_subset=test_subset, val_split=val_split)
-
-        if store is not None:
-            _check_store(store, train_set, test_set, augment, teacher_path)
-            spec = ViewSpec.from_dict(store.attrs["views"])
-        else:
-            family = parse_family(augment) if augment else default_family(train_set)
-            spec = None if views is None else ViewSpec.parse(views, family, seed if view_seed is None else view_seed)
-
-        if epochs is None:
-            epochs = spec.num_slots if spec is not None and spec.policy == "per-epoch" else 240
-        if spec is None:
-            spec = ViewSpec(family, "per-epoch", epochs, seed if view_seed is None else view_seed)
-
-        cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=epochs, batch_size=batch_size, lr=lr,
-                          momentum=momentum, weight_decay=weight_decay, milestones=milestones, lr_decay=lr_decay,
+        data = DataRequest(dataset, data_root, subset, test_subset, val_split, augment)
+        inputs = student_inputs(loss, data, store_path=store_path, teacher_path=teacher_path,
+                                online_teacher=online_teacher, views=views, view_seed=view_seed, seed=seed,
+                                epochs=epochs, device=device)
+        cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=inputs.epochs, batch_size=batch_size,
+                          lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=milestones, lr_decay=lr_decay,
                           seed=seed, device=device, amp=amp, channels_last=channels_last, num_workers=workers,
                           compile=compile_step)
-        if online_teacher:
-            teacher = load_teacher(online_teacher)
-            if store is not None:
-                store.check({"teacher": {"weights_sha256": teacher.weights_sha256}})
-            dev = resolve_device(device)
-            numerics = store.numerics.on(dev) if store is not None else Numerics.resolve(dev)
-            signal = OnlineSignal(teacher, spec, numerics, dtype=store.layout.dtype if store is not None else "float32")
-        elif store is not None:
-            signal = StoreSignal(store)
-        else:
-            signal = ViewsOnly(spec)
-        summary = train(cfg, train_set, test_set, signal, out, val_set=val_set, progress=not quiet, overwrite=force,
-                        restart_stale=restart_stale)
+        summary = train(cfg, inputs.train_set, inputs.test_set, inputs.signal, out, val_set=inputs.val_set,
+                        progress=not quiet, overwrite=force, restart_stale=restart_stale)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         raise fail(err) from None
     if summary:
@@ -147,15 +107,3 @@ def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, tempera
                   if best else "")
         click.echo(f"{out}: {arch} ({loss}) test top-1 {final['top1']:.2f}%{chosen}, {summary['images_per_s']:.0f} img/s")
 
-
-def _check_store(store: LogitStore, train_set, test_set, augment: str | None, teacher_path: str | None) -> None:  # noqa: ANN001
-    """Refuse a store that was made from other data, views or teacher than requested."""
-    expected = {"dataset": train_set.describe(), "eval_dataset": test_set.describe(),
-                "normalization": train_set.normalization}
-    if augment:
-        expected["views"] = {"family": parse_family(augment).to_dict()}
-    if teacher_path:
-        expected["teacher"] = {"weights_sha256": load_teacher(teacher_path).weights_sha256}
-    store.check(expected)
-    if store.layout.classes != train_set.num_classes:
-        raise StoreError(f"{store.path} holds {store.layout.classes}-class logits; the student has {train_set.num_classes} classes")
