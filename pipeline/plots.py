@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -81,26 +82,43 @@ def plot_store_report(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_student_comparison(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    """Top-1 per epoch of every student on the split it was monitored on (validation when it
-    has one, else test), with each teacher's test accuracy as a dashed line."""
+def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dict[str, Any]], path: Path) -> None:
+    """Top-1 per epoch on the split the students were monitored on (validation when they have
+    one, else test): one line per group of seeds, their mean, with a band from the lowest to
+    the highest seed; loss options not chosen on validation drawn faint; each teacher's test
+    accuracy dashed. 36 runs make 12 readable lines rather than 36 tangled ones."""
+    by_folder = {r["folder"]: r for r in runs}
+    deciding = {g["_family"] for g in groups if g["chosen"]}
+    several_settings = len({(g["teacher"], g["arch"]) for g in groups}) > 1
     fig, ax = plt.subplots(figsize=(8, 5))
     teachers: dict[str, float] = {}
     splits = set()
-    for run in runs:
-        history = run["history"]
-        key = "val_top1" if "val_top1" in history[0] else "test_top1"
+    for g in groups:
+        members = [by_folder[folder] for folder in g["members"]]
+        key = "val_top1" if "val_top1" in members[0]["history"][0] else "test_top1"
         splits.add(key[:-5])
-        points = [(r["epoch"], r[key]) for r in history if key in r]
-        ax.plot(*zip(*points), label=f"{run['name']} ({run['loss']})")
-        top1 = run.get("teacher_test", {}).get("top1")
-        if top1 is not None:
-            teachers[run["signal"]["teacher"]["arch"]] = top1
+        curves = [[(r["epoch"], r[key]) for r in m["history"] if key in r] for m in members]
+        length = min(len(c) for c in curves)
+        epochs = [e for e, _ in curves[0][:length]]
+        values = np.array([[v for _, v in c[:length]] for c in curves])
+        label = (f"{g['arch']} <- {g['teacher']}: " if several_settings else "") + g["label"]
+        faint = g["_family"] in deciding and not g["chosen"]
+        (line,) = ax.plot(epochs, values.mean(0), alpha=0.35 if faint else 1.0, linewidth=1 if faint else 1.8,
+                          label=label + (f" ({len(members)} seeds)" if len(members) > 1 else ""))
+        if len(members) > 1:
+            ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.06 if faint else 0.15)
+        for m in members:
+            top1 = m.get("teacher_test", {}).get("top1")
+            if top1 is not None:
+                teachers[m["signal"]["teacher"]["arch"]] = top1
     for name, top1 in teachers.items():
         ax.axhline(top1, linestyle="--", color="gray")
-        ax.annotate(f"teacher {name} (test): {top1:.2f}", (0, top1), textcoords="offset points", xytext=(4, 4), color="gray")
-    ax.set(xlabel="epoch", ylabel=" / ".join(sorted(splits)) + " top-1 (%)", title="Students")
-    ax.legend(fontsize="small" if len(runs) <= 12 else "xx-small", ncol=1 if len(runs) <= 12 else 2)
+        ax.annotate(f"teacher {name} (test): {top1:.2f}", (0, top1), xycoords=("axes fraction", "data"),
+                    textcoords="offset points", xytext=(4, 4), color="gray")
+    ax.set(xlabel="epoch", ylabel=" / ".join(sorted(splits)) + " top-1 (%)",
+           title="Students (faint: options not chosen on validation)" if deciding else "Students")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize="small" if len(groups) <= 12 else "xx-small", ncol=1 if len(groups) <= 12 else 2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -71,6 +71,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
     where = setting(run)
     return {
         "name": run["name"],
+        "_folder": run["folder"],
         "teacher": teacher.get("arch", "-"),
         "teacher_top1": run.get("teacher_test", {}).get("top1"),
         "arch": run["arch"],
@@ -119,6 +120,7 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "_family",
                                         "_options")}
         g["runs"] = len(members)
+        g["members"] = [m["_folder"] for m in members]
         g["seeds"] = ",".join(str(m["seed"]) for m in members)
         for metric in ("val_top1", "final_top1", "final_top5", "teacher_agreement", "delta_vs_ce"):
             g[metric], g[f"{metric}_std"] = _mean_std([m[metric] for m in members if m[metric] is not None])
@@ -251,6 +253,6 @@ def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path) -> dic
     paths["markdown"].write_text(markdown(rows, grouped, runs))
     _write_csv(paths["csv"], COLUMNS, rows)
     _write_csv(paths["groups"], GROUP_COLUMNS, grouped)
-    plot_student_comparison(runs, paths["plot"])
+    plot_student_comparison(runs, grouped, paths["plot"])
     plot_paired_differences(grouped, paths["paired"])
     return paths
