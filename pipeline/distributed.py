@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import nn
 
 
@@ -53,6 +53,23 @@ def close_world(world: World) -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: each rank's statistic feeds every rank's loss, so its
+    gradient is the sum of all ranks' gradients (torch.distributed.nn's is deprecated)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span every rank's batch (CPU-capable).
 
@@ -69,11 +86,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         # Sums accumulate in float64, as BatchNorm's do on a CPU.
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
-        totals = dist_nn.all_reduce(torch.cat([x.sum(dims, dtype=torch.float64), count]))
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims, dtype=torch.float64), count]))
         n = totals[-1]
         mean64 = totals[:-1] / n
         centered = x - mean64.to(x.dtype)[None, :, None, None]
-        var64 = dist_nn.all_reduce((centered * centered).sum(dims, dtype=torch.float64)) / n
+        var64 = _AllReduceSum.apply((centered * centered).sum(dims, dtype=torch.float64)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
