@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.store import LogitStore, StoreError
+from pipeline.store import Layout, LogitStore, StoreError
 
 ECE_BINS = 15
 WORST_CLASSES = 10
@@ -327,12 +327,25 @@ def inspect_store(
     """
     import dask
 
+    store = _open_store(path)
+    done, eval_done, labels, eval_labels = _read_done_and_labels(store)
+    todo: dict[str, Any] = {"train": _train_partials(store, done, labels)}
+    if store.layout.eval_samples:
+        todo["eval"] = _test_partials(store, eval_done, eval_labels)
+    results = dict(zip(todo, dask.compute(*todo.values(), scheduler=scheduler)))
+    return _assemble_report(store, results, done, eval_done, worst)
+
+
+def _open_store(path: str | os.PathLike) -> LogitStore:
     try:
-        store = LogitStore.open(path)
+        return LogitStore.open(path)
     except (KeyError, TypeError) as err:  # our format attribute, but no usable layout
         raise StoreError(f"{path}: store attributes lack a valid layout ({type(err).__name__} {err})") from None
+
+
+def _read_done_and_labels(store: LogitStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Done markers (train, test) and labels (train, test), the labels checked against the class count."""
     lay = store.layout
-    group = store.group
     done = _read_small(store, "done").astype(bool)
     eval_done = _read_small(store, "eval/done").astype(bool)
     labels = _read_small(store, "labels")
@@ -340,45 +353,54 @@ def inspect_store(
     for name, lab in (("labels", labels), ("eval/labels", eval_labels)):
         if lab.size and (lab.min() < 0 or lab.max() >= lay.classes):
             raise StoreError(f"{store.path}: {name} outside 0..{lay.classes - 1}")
+    return done, eval_done, labels, eval_labels
 
-    def checked(name: str, grid_done: np.ndarray) -> Any:
-        try:
-            array = group[name]
-        except KeyError:
-            raise StoreError(f"{store.path}: no array {name!r}; not a complete rld logit store layout") from None
-        return array, _CheckedArray(store.path, array, grid_done)
 
-    z_logits, logits = checked("logits", done)
+def _checked(store: LogitStore, name: str, grid_done: np.ndarray) -> tuple[zarr.Array, _CheckedArray]:
+    """The zarr array `name` and its checksum-checked reader; a missing array is a one-line StoreError."""
+    try:
+        array = store.group[name]
+    except KeyError:
+        raise StoreError(f"{store.path}: no array {name!r}; not a complete rld logit store layout") from None
+    return array, _CheckedArray(store.path, array, grid_done)
+
+
+def _train_partials(store: LogitStore, done: np.ndarray, labels: np.ndarray) -> Any:
+    """Dask array [slots, K + k] of the cached views' partials per slot (see `_per_slot_partials`)."""
+    lay = store.layout
+    z_logits, logits = _checked(store, "logits", done)
     if z_logits.chunks != (1, lay.chunk_samples, lay.classes):
         raise StoreError(f"{store.path}: logits chunks {z_logits.chunks} do not match the layout's write units")
     blocks = _block_chunks(z_logits)  # (1, whole chunks, C): every per-view array uses these blocks
-    per_view = {name: _dask(checked(name, done)[1], blocks[:2]) for name in ("argmax", "input_crc")}
-    per_view["views"] = _dask(checked("views", done)[1], (*blocks[:2], lay.param_count))
-    todo: dict[str, Any] = {"train": _per_slot_partials(
+    per_view = {name: _dask(_checked(store, name, done)[1], blocks[:2]) for name in ("argmax", "input_crc")}
+    per_view["views"] = _dask(_checked(store, "views", done)[1], (*blocks[:2], lay.param_count))
+    return _per_slot_partials(
         _dask(logits, blocks), _dask(_ViewLabels(labels, done, lay.chunk_samples), blocks[:2]), lay.chunk_samples,
-        **per_view)}
-    if lay.eval_samples:
-        z_eval, eval_logits = checked("eval/logits", eval_done)
-        eval_blocks = _block_chunks(z_eval)
-        todo["eval"] = _per_slot_partials(
-            _dask(eval_logits, eval_blocks)[None],
-            _dask(_ViewLabels(eval_labels, eval_done[None], lay.eval_chunk_samples), (1, eval_blocks[0])),
-            lay.eval_chunk_samples)
-    results = dict(zip(todo, dask.compute(*todo.values(), scheduler=scheduler)))
+        **per_view)
 
+
+def _test_partials(store: LogitStore, eval_done: np.ndarray, eval_labels: np.ndarray) -> Any:
+    """Dask array [1, K] of the test split's partials, as one slot."""
+    lay = store.layout
+    z_eval, eval_logits = _checked(store, "eval/logits", eval_done)
+    eval_blocks = _block_chunks(z_eval)
+    return _per_slot_partials(
+        _dask(eval_logits, eval_blocks)[None],
+        _dask(_ViewLabels(eval_labels, eval_done[None], lay.eval_chunk_samples), (1, eval_blocks[0])),
+        lay.eval_chunk_samples)
+
+
+def _assemble_report(
+    store: LogitStore, results: dict[str, np.ndarray], done: np.ndarray, eval_done: np.ndarray, worst: int,
+) -> dict[str, Any]:
+    """The report from the computed partials ("train", and "eval" when the store has a test split)."""
+    lay, group = store.layout, store.group
     n_stats = stat_length(lay.classes)
     per_slot, view_sums = results["train"][:, :n_stats], results["train"][:, n_stats:].sum(0)
     totals = per_slot.sum(0)
-    cached = summarize(totals, lay.classes)
     where = stat_slices(lay.classes)
     class_views, class_errors = totals[where["class_views"]], totals[where["class_errors"]]
-    cached["per_slot_top1_pct"] = [summarize(row, lay.classes)["top1_pct"] for row in per_slot]
-    test = None
-    if "eval" in results:
-        test = summarize(results["eval"][0], lay.classes)
-        test.pop("argmax_mismatches")  # the test split stores no argmax
-    chunk_sizes = np.array([b - a for a, b in map(lay.chunk_range, range(lay.chunks))])
-    views_done = int((done * chunk_sizes).sum())
+    views_done = _views_done(lay, done)
     params = (view_sums / views_done).tolist() if views_done else None
     prov = store.provenance
     return {
@@ -390,13 +412,33 @@ def inspect_store(
         "disk": _disk_usage(store.path, views_done, lay.view_bytes),
         "completeness": _completeness(done, eval_done, bool(store.attrs.get("complete")), views_done),
         "provenance_summary": _provenance_summary(store),
-        "cached_views": cached,
-        "test_split": test,
+        "cached_views": _cached_view_summary(totals, per_slot, lay.classes),
+        "test_split": _test_split_summary(results.get("eval"), lay.classes),
         "view_param_means": params,
         "worst_classes": _worst_classes(class_views, class_errors, (prov.get("dataset") or {}).get("classes"), worst),
         "done_chunks_verified": True,  # every chunk read passed crc32c, or we raised
         "provenance": prov,
     }
+
+
+def _cached_view_summary(totals: np.ndarray, per_slot: np.ndarray, classes: int) -> dict[str, Any]:
+    cached = summarize(totals, classes)
+    cached["per_slot_top1_pct"] = [summarize(row, classes)["top1_pct"] for row in per_slot]
+    return cached
+
+
+def _test_split_summary(partial: np.ndarray | None, classes: int) -> dict[str, Any] | None:
+    if partial is None:
+        return None
+    test = summarize(partial[0], classes)
+    test.pop("argmax_mismatches")  # the test split stores no argmax
+    return test
+
+
+def _views_done(lay: Layout, done: np.ndarray) -> int:
+    """Views in the done train units (a slot's last chunk may be short)."""
+    chunk_sizes = np.array([b - a for a, b in map(lay.chunk_range, range(lay.chunks))])
+    return int((done * chunk_sizes).sum())
 
 
 def _array_info(array: zarr.Array) -> dict[str, Any]:
