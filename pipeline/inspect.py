@@ -70,24 +70,57 @@ def block_stats(logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | Non
     classes = logits.shape[-1]
     where = stat_slices(classes)
     out = np.zeros(stat_length(classes))
+    x, y, am = _counted_views(logits, labels, argmax)
+    if len(y) == 0:
+        return out
+    x, y, am, nonfinite = _finite_views(x.astype(np.float32, copy=False), y, am)
+    out[where["nonfinite"]] = nonfinite
+    n = len(y)
+    out[where["views"]] = n
+    if n == 0:
+        return out
+    rows = np.arange(n)
+    rank, mask_size = _label_rank_and_mask_size(x, y, rows)
+    correct = rank == 0
+    out[where["top1"]] = np.count_nonzero(correct)
+    out[where["top5"]] = np.count_nonzero(rank < 5)
+    top, confidence = _top_and_confidence(x)
+    out[where["confidence"]] = confidence.sum(dtype=np.float64)
+    for name, counts in _histograms(confidence, correct, mask_size, y, classes).items():
+        out[where[name]] = counts
+    if am is not None:
+        out[where["argmax_mismatch"]] = _argmax_mismatches(x, am, rows, top)
+    return out
+
+
+def _counted_views(
+    logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows [V, C], labels [V] and stored argmax [V] (or None) of the views whose label is not -1."""
+    classes = logits.shape[-1]
     x = logits.reshape(-1, classes)
     y = labels.reshape(-1).astype(np.intp, copy=False)
     am = None if argmax is None else argmax.reshape(-1)
     counted = y >= 0
     if not counted.all():
         x, y, am = x[counted], y[counted], None if am is None else am[counted]
-    if len(y) == 0:
-        return out
-    x = x.astype(np.float32, copy=False)
+    return x, y, am
+
+
+def _finite_views(
+    x: np.ndarray, y: np.ndarray, am: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """The views without a NaN or inf logit, and how many were left out."""
     finite = np.isfinite(x).all(1)
-    out[where["nonfinite"]] = np.count_nonzero(~finite)
+    nonfinite = np.count_nonzero(~finite)
     if not finite.all():
         x, y, am = x[finite], y[finite], None if am is None else am[finite]
-    n = len(y)
-    out[where["views"]] = n
-    if n == 0:
-        return out
-    rows = np.arange(n)
+    return x, y, am, nonfinite
+
+
+def _label_rank_and_mask_size(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view: how many classes argmax order puts before y, and the MCD mask size |{c : t_c >= t_y}|."""
+    classes = x.shape[1]
     t_y = x[rows, y][:, None]
     above = np.count_nonzero(x > t_y, axis=1)
     ties = x == t_y
@@ -97,29 +130,41 @@ def block_stats(logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | Non
     if (tied > 1).any():  # ties before y rank above it (argmax takes the first index); rare
         rows_tied = np.flatnonzero(tied > 1)
         rank[rows_tied] += np.count_nonzero(ties[rows_tied] & (np.arange(classes) < y[rows_tied, None]), axis=1)
-    correct = rank == 0
-    out[where["top1"]] = np.count_nonzero(correct)
-    out[where["top5"]] = np.count_nonzero(rank < 5)
+    return rank, mask_size
 
+
+def _top_and_confidence(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view: the top logit and the confidence, the float32 softmax maximum at T = 1."""
     top = x.max(1)
     confidence = 1.0 / np.exp(x - top[:, None]).sum(1, dtype=np.float32)
-    out[where["confidence"]] = confidence.sum(dtype=np.float64)
-    bins = np.clip(np.ceil(confidence.astype(np.float64) * ECE_BINS).astype(np.intp) - 1, 0, ECE_BINS - 1)
-    out[where["bin_views"]] = np.bincount(bins, minlength=ECE_BINS)
-    out[where["bin_confidence"]] = np.bincount(bins, weights=confidence, minlength=ECE_BINS)
-    out[where["bin_correct"]] = np.bincount(bins, weights=correct, minlength=ECE_BINS)
-    out[where["mask_size"]] = np.bincount(mask_size - 1, minlength=classes)
-    out[where["class_views"]] = np.bincount(y, minlength=classes)
-    out[where["class_errors"]] = np.bincount(y, weights=~correct, minlength=classes)
+    return top, confidence
 
-    if am is not None:
-        # The stored argmax came from the teacher's output before any fp16 cast: it is
-        # consistent when its logit is a maximum of the stored row (rounding may tie).
-        am = am.astype(np.intp)
-        valid = (am >= 0) & (am < classes)
-        picked = x[rows, np.where(valid, am, 0)]
-        out[where["argmax_mismatch"]] = np.count_nonzero(~valid | (picked < top))
-    return out
+
+def _histograms(
+    confidence: np.ndarray, correct: np.ndarray, mask_size: np.ndarray, y: np.ndarray, classes: int,
+) -> dict[str, np.ndarray]:
+    """The per-bin (ECE), per-mask-size and per-class counts, by their names in `stat_slices`."""
+    # bin b holds the confidences in (b/15, (b+1)/15], as the module docstring defines
+    bins = np.clip(np.ceil(confidence.astype(np.float64) * ECE_BINS).astype(np.intp) - 1, 0, ECE_BINS - 1)
+    return {
+        "bin_views": np.bincount(bins, minlength=ECE_BINS),
+        "bin_confidence": np.bincount(bins, weights=confidence, minlength=ECE_BINS),
+        "bin_correct": np.bincount(bins, weights=correct, minlength=ECE_BINS),
+        "mask_size": np.bincount(mask_size - 1, minlength=classes),
+        "class_views": np.bincount(y, minlength=classes),
+        "class_errors": np.bincount(y, weights=~correct, minlength=classes),
+    }
+
+
+def _argmax_mismatches(x: np.ndarray, am: np.ndarray, rows: np.ndarray, top: np.ndarray) -> int:
+    """Views whose stored argmax is out of range or not a maximum of the stored row."""
+    # The stored argmax came from the teacher's output before any fp16 cast: it is
+    # consistent when its logit is a maximum of the stored row (rounding may tie).
+    classes = x.shape[1]
+    am = am.astype(np.intp)
+    valid = (am >= 0) & (am < classes)
+    picked = x[rows, np.where(valid, am, 0)]
+    return np.count_nonzero(~valid | (picked < top))
 
 
 def summarize(partial: np.ndarray, classes: int) -> dict[str, Any]:
