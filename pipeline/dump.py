@@ -13,7 +13,7 @@ import platform
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -119,9 +119,25 @@ def dump(
     provenance = build_provenance(teacher, train, test, spec, dtype=dtype, numerics=numerics)
     store = create_or_open(path, provenance, layout, train.labels, test.labels)
     layout = store.layout  # a store made earlier keeps its own chunking
-    pending = store.pending(shard)
+    requests, owners = _plan_batches(store.pending(shard), layout, train, test, spec, batch_size)
 
-    # One stream of batches over all pending units; a batch never straddles two units.
+    total_views = sum(len(r.indices) for r in requests)
+    bar = tqdm(total=total_views, unit="view", unit_scale=True, disable=not progress, desc=f"dump {store.path.name}", smoothing=0.05)
+    loader = view_loader(spec.family, requests, num_workers=num_workers, pin_memory=device.type == "cuda")
+    batches = forward_batches(teacher.model, loader, train.mean, train.std, device=device, numerics=numerics)
+    units_written = _write_units(store, batches, requests, owners, bar, after_unit)
+    bar.close()
+    complete = store.mark_complete_if_done()
+    return DumpResult(store, units_written, total_views, complete)
+
+
+def _plan_batches(
+    pending: list[Unit], layout: Layout, train: ImageSet, test: ImageSet, spec: ViewSpec, batch_size: int,
+) -> tuple[list[ViewRequest], list[Unit]]:
+    """One stream of batches over all pending units, and the unit each batch belongs to.
+
+    A batch never straddles two units, so a unit is whole once its last batch is out.
+    """
     requests, owners = [], []
     for unit in pending:
         a, b = layout.eval_range(unit.chunk) if unit.is_eval else layout.chunk_range(unit.chunk)
@@ -129,12 +145,22 @@ def dump(
             idx = idx + a
             requests.append(ViewRequest(test, idx, None) if unit.is_eval else ViewRequest(train, idx, spec.params(idx, unit.slot)))
             owners.append(unit)
+    return requests, owners
 
-    total_views = sum(len(r.indices) for r in requests)
-    bar = tqdm(total=total_views, unit="view", unit_scale=True, disable=not progress, desc=f"dump {store.path.name}", smoothing=0.05)
-    loader = view_loader(spec.family, requests, num_workers=num_workers, pin_memory=device.type == "cuda")
-    batches = forward_batches(teacher.model, loader, train.mean, train.std, device=device, numerics=numerics)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+
+_BatchPart = tuple[np.ndarray, np.ndarray, np.ndarray | None]  # logits, input crc, view params (None: test split)
+
+
+def _write_units(
+    store: LogitStore,
+    batches: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    requests: list[ViewRequest],
+    owners: list[Unit],
+    bar: tqdm,
+    after_unit: Callable[[Unit], None] | None,
+) -> int:
+    """Check each batch of logits, and hand a unit to the writer with its last batch; returns units written."""
+    parts: list[_BatchPart] = []
     with _UnitWriter(store, after_unit) as writer:
         for pos, (logits, indices, crc) in enumerate(batches):
             unit = owners[pos]
@@ -142,16 +168,19 @@ def dump(
             parts.append((logits, crc, requests[pos].params))
             bar.update(len(indices))
             if pos + 1 == len(owners) or owners[pos + 1] != unit:  # the unit's last batch
-                block = np.concatenate([p[0] for p in parts])
-                if unit.is_eval:
-                    writer.submit(unit, block)
-                else:
-                    writer.submit(unit, block, views=np.concatenate([p[2] for p in parts]),
-                                  input_crc=np.concatenate([p[1] for p in parts]))
+                _submit_unit(writer, unit, parts)
                 parts = []
-    bar.close()
-    complete = store.mark_complete_if_done()
-    return DumpResult(store, writer.written, total_views, complete)
+    return writer.written
+
+
+def _submit_unit(writer: _UnitWriter, unit: Unit, parts: list[_BatchPart]) -> None:
+    """Queue one unit's batches as one write; the test split stores logits only."""
+    block = np.concatenate([p[0] for p in parts])
+    if unit.is_eval:
+        writer.submit(unit, block)
+    else:
+        writer.submit(unit, block, views=np.concatenate([p[2] for p in parts]),
+                      input_crc=np.concatenate([p[1] for p in parts]))
 
 
 class _UnitWriter:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.store import LogitStore, StoreError
+from pipeline.store import Layout, LogitStore, StoreError
 
 ECE_BINS = 15
 WORST_CLASSES = 10
@@ -70,24 +70,57 @@ def block_stats(logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | Non
     classes = logits.shape[-1]
     where = stat_slices(classes)
     out = np.zeros(stat_length(classes))
+    x, y, am = _counted_views(logits, labels, argmax)
+    if len(y) == 0:
+        return out
+    x, y, am, nonfinite = _finite_views(x.astype(np.float32, copy=False), y, am)
+    out[where["nonfinite"]] = nonfinite
+    n = len(y)
+    out[where["views"]] = n
+    if n == 0:
+        return out
+    rows = np.arange(n)
+    rank, mask_size = _label_rank_and_mask_size(x, y, rows)
+    correct = rank == 0
+    out[where["top1"]] = np.count_nonzero(correct)
+    out[where["top5"]] = np.count_nonzero(rank < 5)
+    top, confidence = _top_and_confidence(x)
+    out[where["confidence"]] = confidence.sum(dtype=np.float64)
+    for name, counts in _histograms(confidence, correct, mask_size, y, classes).items():
+        out[where[name]] = counts
+    if am is not None:
+        out[where["argmax_mismatch"]] = _argmax_mismatches(x, am, rows, top)
+    return out
+
+
+def _counted_views(
+    logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Rows [V, C], labels [V] and stored argmax [V] (or None) of the views whose label is not -1."""
+    classes = logits.shape[-1]
     x = logits.reshape(-1, classes)
     y = labels.reshape(-1).astype(np.intp, copy=False)
     am = None if argmax is None else argmax.reshape(-1)
     counted = y >= 0
     if not counted.all():
         x, y, am = x[counted], y[counted], None if am is None else am[counted]
-    if len(y) == 0:
-        return out
-    x = x.astype(np.float32, copy=False)
+    return x, y, am
+
+
+def _finite_views(
+    x: np.ndarray, y: np.ndarray, am: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """The views without a NaN or inf logit, and how many were left out."""
     finite = np.isfinite(x).all(1)
-    out[where["nonfinite"]] = np.count_nonzero(~finite)
+    nonfinite = np.count_nonzero(~finite)
     if not finite.all():
         x, y, am = x[finite], y[finite], None if am is None else am[finite]
-    n = len(y)
-    out[where["views"]] = n
-    if n == 0:
-        return out
-    rows = np.arange(n)
+    return x, y, am, nonfinite
+
+
+def _label_rank_and_mask_size(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view: how many classes argmax order puts before y, and the MCD mask size |{c : t_c >= t_y}|."""
+    classes = x.shape[1]
     t_y = x[rows, y][:, None]
     above = np.count_nonzero(x > t_y, axis=1)
     ties = x == t_y
@@ -97,29 +130,41 @@ def block_stats(logits: np.ndarray, labels: np.ndarray, argmax: np.ndarray | Non
     if (tied > 1).any():  # ties before y rank above it (argmax takes the first index); rare
         rows_tied = np.flatnonzero(tied > 1)
         rank[rows_tied] += np.count_nonzero(ties[rows_tied] & (np.arange(classes) < y[rows_tied, None]), axis=1)
-    correct = rank == 0
-    out[where["top1"]] = np.count_nonzero(correct)
-    out[where["top5"]] = np.count_nonzero(rank < 5)
+    return rank, mask_size
 
+
+def _top_and_confidence(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per view: the top logit and the confidence, the float32 softmax maximum at T = 1."""
     top = x.max(1)
     confidence = 1.0 / np.exp(x - top[:, None]).sum(1, dtype=np.float32)
-    out[where["confidence"]] = confidence.sum(dtype=np.float64)
-    bins = np.clip(np.ceil(confidence.astype(np.float64) * ECE_BINS).astype(np.intp) - 1, 0, ECE_BINS - 1)
-    out[where["bin_views"]] = np.bincount(bins, minlength=ECE_BINS)
-    out[where["bin_confidence"]] = np.bincount(bins, weights=confidence, minlength=ECE_BINS)
-    out[where["bin_correct"]] = np.bincount(bins, weights=correct, minlength=ECE_BINS)
-    out[where["mask_size"]] = np.bincount(mask_size - 1, minlength=classes)
-    out[where["class_views"]] = np.bincount(y, minlength=classes)
-    out[where["class_errors"]] = np.bincount(y, weights=~correct, minlength=classes)
+    return top, confidence
 
-    if am is not None:
-        # The stored argmax came from the teacher's output before any fp16 cast: it is
-        # consistent when its logit is a maximum of the stored row (rounding may tie).
-        am = am.astype(np.intp)
-        valid = (am >= 0) & (am < classes)
-        picked = x[rows, np.where(valid, am, 0)]
-        out[where["argmax_mismatch"]] = np.count_nonzero(~valid | (picked < top))
-    return out
+
+def _histograms(
+    confidence: np.ndarray, correct: np.ndarray, mask_size: np.ndarray, y: np.ndarray, classes: int,
+) -> dict[str, np.ndarray]:
+    """The per-bin (ECE), per-mask-size and per-class counts, by their names in `stat_slices`."""
+    # bin b holds the confidences in (b/15, (b+1)/15], as the module docstring defines
+    bins = np.clip(np.ceil(confidence.astype(np.float64) * ECE_BINS).astype(np.intp) - 1, 0, ECE_BINS - 1)
+    return {
+        "bin_views": np.bincount(bins, minlength=ECE_BINS),
+        "bin_confidence": np.bincount(bins, weights=confidence, minlength=ECE_BINS),
+        "bin_correct": np.bincount(bins, weights=correct, minlength=ECE_BINS),
+        "mask_size": np.bincount(mask_size - 1, minlength=classes),
+        "class_views": np.bincount(y, minlength=classes),
+        "class_errors": np.bincount(y, weights=~correct, minlength=classes),
+    }
+
+
+def _argmax_mismatches(x: np.ndarray, am: np.ndarray, rows: np.ndarray, top: np.ndarray) -> int:
+    """Views whose stored argmax is out of range or not a maximum of the stored row."""
+    # The stored argmax came from the teacher's output before any fp16 cast: it is
+    # consistent when its logit is a maximum of the stored row (rounding may tie).
+    classes = x.shape[1]
+    am = am.astype(np.intp)
+    valid = (am >= 0) & (am < classes)
+    picked = x[rows, np.where(valid, am, 0)]
+    return np.count_nonzero(~valid | (picked < top))
 
 
 def summarize(partial: np.ndarray, classes: int) -> dict[str, Any]:
@@ -327,12 +372,25 @@ def inspect_store(
     """
     import dask
 
+    store = _open_store(path)
+    done, eval_done, labels, eval_labels = _read_done_and_labels(store)
+    todo: dict[str, Any] = {"train": _train_partials(store, done, labels)}
+    if store.layout.eval_samples:
+        todo["eval"] = _test_partials(store, eval_done, eval_labels)
+    results = dict(zip(todo, dask.compute(*todo.values(), scheduler=scheduler)))
+    return _assemble_report(store, results, done, eval_done, worst)
+
+
+def _open_store(path: str | os.PathLike) -> LogitStore:
     try:
-        store = LogitStore.open(path)
+        return LogitStore.open(path)
     except (KeyError, TypeError) as err:  # our format attribute, but no usable layout
         raise StoreError(f"{path}: store attributes lack a valid layout ({type(err).__name__} {err})") from None
+
+
+def _read_done_and_labels(store: LogitStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Done markers (train, test) and labels (train, test), the labels checked against the class count."""
     lay = store.layout
-    group = store.group
     done = _read_small(store, "done").astype(bool)
     eval_done = _read_small(store, "eval/done").astype(bool)
     labels = _read_small(store, "labels")
@@ -340,45 +398,54 @@ def inspect_store(
     for name, lab in (("labels", labels), ("eval/labels", eval_labels)):
         if lab.size and (lab.min() < 0 or lab.max() >= lay.classes):
             raise StoreError(f"{store.path}: {name} outside 0..{lay.classes - 1}")
+    return done, eval_done, labels, eval_labels
 
-    def checked(name: str, grid_done: np.ndarray) -> Any:
-        try:
-            array = group[name]
-        except KeyError:
-            raise StoreError(f"{store.path}: no array {name!r}; not a complete rld logit store layout") from None
-        return array, _CheckedArray(store.path, array, grid_done)
 
-    z_logits, logits = checked("logits", done)
+def _checked(store: LogitStore, name: str, grid_done: np.ndarray) -> tuple[zarr.Array, _CheckedArray]:
+    """The zarr array `name` and its checksum-checked reader; a missing array is a one-line StoreError."""
+    try:
+        array = store.group[name]
+    except KeyError:
+        raise StoreError(f"{store.path}: no array {name!r}; not a complete rld logit store layout") from None
+    return array, _CheckedArray(store.path, array, grid_done)
+
+
+def _train_partials(store: LogitStore, done: np.ndarray, labels: np.ndarray) -> Any:
+    """Dask array [slots, K + k] of the cached views' partials per slot (see `_per_slot_partials`)."""
+    lay = store.layout
+    z_logits, logits = _checked(store, "logits", done)
     if z_logits.chunks != (1, lay.chunk_samples, lay.classes):
         raise StoreError(f"{store.path}: logits chunks {z_logits.chunks} do not match the layout's write units")
     blocks = _block_chunks(z_logits)  # (1, whole chunks, C): every per-view array uses these blocks
-    per_view = {name: _dask(checked(name, done)[1], blocks[:2]) for name in ("argmax", "input_crc")}
-    per_view["views"] = _dask(checked("views", done)[1], (*blocks[:2], lay.param_count))
-    todo: dict[str, Any] = {"train": _per_slot_partials(
+    per_view = {name: _dask(_checked(store, name, done)[1], blocks[:2]) for name in ("argmax", "input_crc")}
+    per_view["views"] = _dask(_checked(store, "views", done)[1], (*blocks[:2], lay.param_count))
+    return _per_slot_partials(
         _dask(logits, blocks), _dask(_ViewLabels(labels, done, lay.chunk_samples), blocks[:2]), lay.chunk_samples,
-        **per_view)}
-    if lay.eval_samples:
-        z_eval, eval_logits = checked("eval/logits", eval_done)
-        eval_blocks = _block_chunks(z_eval)
-        todo["eval"] = _per_slot_partials(
-            _dask(eval_logits, eval_blocks)[None],
-            _dask(_ViewLabels(eval_labels, eval_done[None], lay.eval_chunk_samples), (1, eval_blocks[0])),
-            lay.eval_chunk_samples)
-    results = dict(zip(todo, dask.compute(*todo.values(), scheduler=scheduler)))
+        **per_view)
 
+
+def _test_partials(store: LogitStore, eval_done: np.ndarray, eval_labels: np.ndarray) -> Any:
+    """Dask array [1, K] of the test split's partials, as one slot."""
+    lay = store.layout
+    z_eval, eval_logits = _checked(store, "eval/logits", eval_done)
+    eval_blocks = _block_chunks(z_eval)
+    return _per_slot_partials(
+        _dask(eval_logits, eval_blocks)[None],
+        _dask(_ViewLabels(eval_labels, eval_done[None], lay.eval_chunk_samples), (1, eval_blocks[0])),
+        lay.eval_chunk_samples)
+
+
+def _assemble_report(
+    store: LogitStore, results: dict[str, np.ndarray], done: np.ndarray, eval_done: np.ndarray, worst: int,
+) -> dict[str, Any]:
+    """The report from the computed partials ("train", and "eval" when the store has a test split)."""
+    lay, group = store.layout, store.group
     n_stats = stat_length(lay.classes)
     per_slot, view_sums = results["train"][:, :n_stats], results["train"][:, n_stats:].sum(0)
     totals = per_slot.sum(0)
-    cached = summarize(totals, lay.classes)
     where = stat_slices(lay.classes)
     class_views, class_errors = totals[where["class_views"]], totals[where["class_errors"]]
-    cached["per_slot_top1_pct"] = [summarize(row, lay.classes)["top1_pct"] for row in per_slot]
-    test = None
-    if "eval" in results:
-        test = summarize(results["eval"][0], lay.classes)
-        test.pop("argmax_mismatches")  # the test split stores no argmax
-    chunk_sizes = np.array([b - a for a, b in map(lay.chunk_range, range(lay.chunks))])
-    views_done = int((done * chunk_sizes).sum())
+    views_done = _views_done(lay, done)
     params = (view_sums / views_done).tolist() if views_done else None
     prov = store.provenance
     return {
@@ -390,13 +457,33 @@ def inspect_store(
         "disk": _disk_usage(store.path, views_done, lay.view_bytes),
         "completeness": _completeness(done, eval_done, bool(store.attrs.get("complete")), views_done),
         "provenance_summary": _provenance_summary(store),
-        "cached_views": cached,
-        "test_split": test,
+        "cached_views": _cached_view_summary(totals, per_slot, lay.classes),
+        "test_split": _test_split_summary(results.get("eval"), lay.classes),
         "view_param_means": params,
         "worst_classes": _worst_classes(class_views, class_errors, (prov.get("dataset") or {}).get("classes"), worst),
         "done_chunks_verified": True,  # every chunk read passed crc32c, or we raised
         "provenance": prov,
     }
+
+
+def _cached_view_summary(totals: np.ndarray, per_slot: np.ndarray, classes: int) -> dict[str, Any]:
+    cached = summarize(totals, classes)
+    cached["per_slot_top1_pct"] = [summarize(row, classes)["top1_pct"] for row in per_slot]
+    return cached
+
+
+def _test_split_summary(partial: np.ndarray | None, classes: int) -> dict[str, Any] | None:
+    if partial is None:
+        return None
+    test = summarize(partial[0], classes)
+    test.pop("argmax_mismatches")  # the test split stores no argmax
+    return test
+
+
+def _views_done(lay: Layout, done: np.ndarray) -> int:
+    """Views in the done train units (a slot's last chunk may be short)."""
+    chunk_sizes = np.array([b - a for a, b in map(lay.chunk_range, range(lay.chunks))])
+    return int((done * chunk_sizes).sum())
 
 
 def _array_info(array: zarr.Array) -> dict[str, Any]:
@@ -513,58 +600,98 @@ def _view_spec(views: dict[str, Any]) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report as aligned text: a screenful or two, the numbers a user checks first."""
-    lines: list[str] = []
+    cached = report["cached_views"]
+    sections = (
+        _identity_lines(report),
+        _storage_lines(report),
+        _teacher_table_lines(cached, report["test_split"] or {}),
+        _mask_size_lines(cached),
+        _reliability_lines(cached),
+        _worst_class_lines(report["worst_classes"]),
+    )
+    return "\n".join(line for section in sections for line in section)
 
-    def kv(key: str, value: str) -> None:
-        lines.append(f"  {key:<16}{value}")
 
-    ps, comp, arr, disk = report["provenance_summary"], report["completeness"], report["array"], report["disk"]
+def _kv(key: str, value: str) -> str:
+    return f"  {key:<16}{value}"
+
+
+def _identity_lines(report: dict[str, Any]) -> list[str]:
+    """Heading: whether the store is whole, and which teacher, data and views made it."""
+    ps, comp, fmt = report["provenance_summary"], report["completeness"], report["format"]
     teacher, data, test_data = ps["teacher"], ps["dataset"], ps["eval_dataset"]
-    lines.append(f"rld logit store {report['path']}")
-    if comp["complete"]:
-        kv("status", f"complete (completed {ps['completed']})" if comp["marked_complete"]
-           else "complete: every unit done, not yet marked complete by a dump")
-    else:
-        kv("status", f"INCOMPLETE: {comp['missing_units']} of {comp['train_units_total'] + comp['eval_units_total']} "
-                     "write units missing; statistics cover done units only")
-    kv("store id", f"{ps['store_id']}  (format {report['format'].get('name')} v{report['format'].get('version')})")
-    acc = teacher.get("accuracy") or {}
-    if isinstance(acc, dict):
-        recorded = ", ".join(f"{k} {v:.2f}%" for k, v in acc.items() if isinstance(v, (int, float)))
-    else:
-        recorded = str(acc)
-    kv("teacher", f"{teacher['arch']}  sha256 {teacher['weights_sha256']}  recorded {recorded or '-'}")
-    kv("dataset", f"{data['name']} {data['split']}, {data['size']} samples, {data['num_classes']} classes, "
-                  f"subset {data['subset'] if data['subset'] is not None else '-'}, fingerprint {data['fingerprint']}")
-    kv("test split", f"{test_data['name']} {test_data['split']}, {test_data['size']} samples, "
-                     f"fingerprint {test_data['fingerprint']}")
-    kv("views", _view_spec(ps["views"]))
-    kv("code version", str(ps["code_version"]))
-    kv("created", str(ps["created"]))
+    subset = data["subset"] if data["subset"] is not None else "-"
+    return [
+        f"rld logit store {report['path']}",
+        _kv("status", _status(comp, ps["completed"])),
+        _kv("store id", f"{ps['store_id']}  (format {fmt.get('name')} v{fmt.get('version')})"),
+        _kv("teacher", f"{teacher['arch']}  sha256 {teacher['weights_sha256']}  "
+                       f"recorded {_recorded_accuracy(teacher.get('accuracy')) or '-'}"),
+        _kv("dataset", f"{data['name']} {data['split']}, {data['size']} samples, {data['num_classes']} classes, "
+                       f"subset {subset}, fingerprint {data['fingerprint']}"),
+        _kv("test split", f"{test_data['name']} {test_data['split']}, {test_data['size']} samples, "
+                          f"fingerprint {test_data['fingerprint']}"),
+        _kv("views", _view_spec(ps["views"])),
+        _kv("code version", str(ps["code_version"])),
+        _kv("created", str(ps["created"])),
+    ]
 
-    lines.append("")
-    lines.append("storage")
-    kv("logits", f"{arr['shape']} {arr['dtype']}, chunks {arr['chunks']} ({_bytes(arr['chunk_bytes'])}), "
-                 f"codecs {'+'.join(arr['codecs'])}" + (f", shards {arr['shards']}" if arr["shards"] else ""))
-    kv("on disk", f"{_bytes(disk['total_bytes'])} in {disk['files']} files; "
-                  f"{_f(disk['bytes_per_view'], 1)} B per cached view (predicted {disk['predicted_bytes_per_view']})")
+
+def _status(comp: dict[str, Any], completed: str | None) -> str:
+    if comp["complete"]:
+        return (f"complete (completed {completed})" if comp["marked_complete"]
+                else "complete: every unit done, not yet marked complete by a dump")
+    return (f"INCOMPLETE: {comp['missing_units']} of {comp['train_units_total'] + comp['eval_units_total']} "
+            "write units missing; statistics cover done units only")
+
+
+def _recorded_accuracy(accuracy: Any) -> str:
+    """The teacher's accuracy as its provenance records it: a dict of percentages, or any value."""
+    accuracy = accuracy or {}
+    if isinstance(accuracy, dict):
+        return ", ".join(f"{k} {v:.2f}%" for k, v in accuracy.items() if isinstance(v, (int, float)))
+    return str(accuracy)
+
+
+def _storage_lines(report: dict[str, Any]) -> list[str]:
+    """Array layout, bytes on disk, which write units are done, and the view parameters."""
+    arr, disk = report["array"], report["disk"]
+    shards = f", shards {arr['shards']}" if arr["shards"] else ""
     largest = sorted(disk["per_array"].items(), key=lambda item: -item[1])
-    kv("largest arrays", ", ".join(f"{k} {_bytes(v)}" for k, v in largest[:5]) + (", ..." if len(largest) > 5 else ""))
+    largest_shown = ", ".join(f"{k} {_bytes(v)}" for k, v in largest[:5]) + (", ..." if len(largest) > 5 else "")
+    lines = [
+        "",
+        "storage",
+        _kv("logits", f"{arr['shape']} {arr['dtype']}, chunks {arr['chunks']} ({_bytes(arr['chunk_bytes'])}), "
+                      f"codecs {'+'.join(arr['codecs'])}" + shards),
+        _kv("on disk", f"{_bytes(disk['total_bytes'])} in {disk['files']} files; "
+                       f"{_f(disk['bytes_per_view'], 1)} B per cached view "
+                       f"(predicted {disk['predicted_bytes_per_view']})"),
+        _kv("largest arrays", largest_shown),
+        *_unit_lines(report["completeness"]),
+        _kv("checksums", "every done chunk read and passed crc32c"),
+    ]
+    if report["view_param_means"]:
+        lines.append(_kv("view params", "means " + " ".join(f"{v:.3g}" for v in report["view_param_means"])))
+    return lines
+
+
+def _unit_lines(comp: dict[str, Any]) -> list[str]:
+    """Done write units, train then test, and the first slots still missing some."""
     slots = comp["slots"]
     partial = [s for s in slots if s["done"] < s["total"]]
-    kv("train units", f"{comp['train_units_done']}/{comp['train_units_total']} done "
-                      f"({len(slots)} slots x {slots[0]['total'] if slots else 0} chunks, {comp['views_done']} views)")
+    chunks_per_slot = slots[0]["total"] if slots else 0
+    lines = [_kv("train units", f"{comp['train_units_done']}/{comp['train_units_total']} done "
+                                f"({len(slots)} slots x {chunks_per_slot} chunks, {comp['views_done']} views)")]
     if partial:
         shown = ", ".join(f"{s['slot']} ({s['done']}/{s['total']})" for s in partial[:8])
-        kv("unfinished", f"{len(partial)} slots: {shown}{', ...' if len(partial) > 8 else ''}")
-    kv("test units", f"{comp['eval_units_done']}/{comp['eval_units_total']} done")
-    kv("checksums", "every done chunk read and passed crc32c")
-    if report["view_param_means"]:
-        kv("view params", "means " + " ".join(f"{v:.3g}" for v in report["view_param_means"]))
+        lines.append(_kv("unfinished", f"{len(partial)} slots: {shown}{', ...' if len(partial) > 8 else ''}"))
+    lines.append(_kv("test units", f"{comp['eval_units_done']}/{comp['eval_units_total']} done"))
+    return lines
 
-    cached, test = report["cached_views"], report["test_split"] or {}
-    lines.append("")
-    lines.append(f"  {'teacher':<16}{'cached views':>14}{'test split':>14}")
+
+def _teacher_table_lines(cached: dict[str, Any], test: dict[str, Any]) -> list[str]:
+    """The teacher's numbers on the cached views and on the test split, side by side, then the sanity checks."""
     rows = [
         ("views", lambda r: str(r.get("views", "-"))),
         ("top-1", lambda r: _pct(r.get("top1_pct"))),
@@ -575,42 +702,54 @@ def format_report(report: dict[str, Any]) -> str:
         ("MCD mask mean", lambda r: _f((r.get("mask_size") or {}).get("mean"))),
         ("mask size 1", lambda r: _pct((r.get("mask_size") or {}).get("size1_pct"))),
     ]
-    for name, get in rows:
-        lines.append(f"  {name:<16}{get(cached):>14}{get(test) if test else '-':>14}")
+    lines = ["", f"  {'teacher':<16}{'cached views':>14}{'test split':>14}"]
+    lines += [f"  {name:<16}{get(cached):>14}{get(test) if test else '-':>14}" for name, get in rows]
     per_slot = [v for v in cached["per_slot_top1_pct"] if v is not None]
     if len(per_slot) > 1:
-        kv("per-slot top-1", f"min {min(per_slot):.2f}%  max {max(per_slot):.2f}%")
+        lines.append(_kv("per-slot top-1", f"min {min(per_slot):.2f}%  max {max(per_slot):.2f}%"))
     if cached["nonfinite_views"] or cached["argmax_mismatches"]:
-        kv("WARNING", f"{cached['nonfinite_views']} views with non-finite logits, "
-                      f"{cached['argmax_mismatches']} views whose stored argmax is not their top logit")
+        lines.append(_kv("WARNING", f"{cached['nonfinite_views']} views with non-finite logits, "
+                                    f"{cached['argmax_mismatches']} views whose stored argmax is not their top logit"))
     else:
-        kv("checks", "all logits finite; stored argmax agrees with every view")
+        lines.append(_kv("checks", "all logits finite; stored argmax agrees with every view"))
+    return lines
 
-    counts = cached["mask_size"]["counts"]
-    if cached["views"]:
-        lines.append("")
-        lines.append("MCD mask size on cached views (classes c with t_c >= t_y)")
-        lines.append(f"  {'size':>8}{'views':>12}{'share':>10}")
-        for label, count in _size_rows(counts):
-            lines.append(f"  {label:>8}{count:>12}{_pct(100.0 * count / cached['views']):>10}")
 
-        lines.append("")
-        lines.append("reliability on cached views (non-empty bins)")
-        lines.append(f"  {'confidence':>12}{'views':>10}{'accuracy':>10}{'mean conf':>11}")
-        for b in cached["reliability"]:
-            if b["views"]:
-                lines.append(f"  {b['low']:.3f}-{b['high']:.3f} {b['views']:>9}"
-                             f"{_f(b['accuracy']):>10}{_f(b['confidence']):>11}")
+def _mask_size_lines(cached: dict[str, Any]) -> list[str]:
+    """How many views have an MCD mask of each size (grouped rows past 5); nothing when no view counted."""
+    if not cached["views"]:
+        return []
+    lines = ["", "MCD mask size on cached views (classes c with t_c >= t_y)",
+             f"  {'size':>8}{'views':>12}{'share':>10}"]
+    for label, count in _size_rows(cached["mask_size"]["counts"]):
+        lines.append(f"  {label:>8}{count:>12}{_pct(100.0 * count / cached['views']):>10}")
+    return lines
 
-    if report["worst_classes"]:
-        lines.append("")
-        lines.append("classes the teacher gets wrong most (cached views)")
-        width = max(5, *(len(w["name"]) for w in report["worst_classes"]))
-        lines.append(f"  {'class':>6}  {'name':<{width}}{'error':>9}{'wrong':>9}{'views':>9}")
-        for w in report["worst_classes"]:
-            lines.append(f"  {w['class']:>6}  {w['name']:<{width}}{_pct(w['error_pct'], 1):>9}"
-                         f"{w['errors']:>9}{w['views']:>9}")
-    return "\n".join(lines)
+
+def _reliability_lines(cached: dict[str, Any]) -> list[str]:
+    """Accuracy against mean confidence per non-empty ECE bin; nothing when no view counted."""
+    if not cached["views"]:
+        return []
+    lines = ["", "reliability on cached views (non-empty bins)",
+             f"  {'confidence':>12}{'views':>10}{'accuracy':>10}{'mean conf':>11}"]
+    for b in cached["reliability"]:
+        if b["views"]:
+            lines.append(f"  {b['low']:.3f}-{b['high']:.3f} {b['views']:>9}"
+                         f"{_f(b['accuracy']):>10}{_f(b['confidence']):>11}")
+    return lines
+
+
+def _worst_class_lines(worst: list[dict[str, Any]]) -> list[str]:
+    """The classes with the highest teacher error rate; nothing when no class has an error."""
+    if not worst:
+        return []
+    width = max(5, *(len(w["name"]) for w in worst))
+    lines = ["", "classes the teacher gets wrong most (cached views)",
+             f"  {'class':>6}  {'name':<{width}}{'error':>9}{'wrong':>9}{'views':>9}"]
+    for w in worst:
+        lines.append(f"  {w['class']:>6}  {w['name']:<{width}}{_pct(w['error_pct'], 1):>9}"
+                     f"{w['errors']:>9}{w['views']:>9}")
+    return lines
 
 
 def _size_rows(counts: list[int]) -> list[tuple[str, int]]:
