@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SUBPROCESS_ENV, SYNTH, cli, workflow_dir
+from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
 from pipeline.data import load_dataset
+from pipeline.grid import expand_students
 from pipeline.inference import Numerics, predict_test, topk_accuracy
 from pipeline.store import LogitStore
 from pipeline.teacher import load_teacher
@@ -103,6 +104,20 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     others = [c for c in commands if " dump " in c or "teacher train" in c]
     assert students and others, commands
     assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
+
+
+PRESETS = sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "schema.yaml")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
+    """A preset that broke the schema, or named a teacher or store it lacks, would reach a user
+    untested: each one, as a user's config, must plan its whole grid (a dry run, ~2 s)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "config" / preset).read_text())
+    jobs = planned_jobs(workflow_dir(tmp_path, config), "all")
+    assert jobs["student"] == len(expand_students(config["students"])) and jobs["report"] == 1, jobs
 
 
 @pytest.mark.parametrize(
