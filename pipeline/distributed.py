@@ -81,9 +81,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         # Two passes, like nn.BatchNorm2d: the mean, then the mean squared deviation from it.
         # One pass (E[x^2] - E[x]^2) cancels where |mean| >> std, in the forward and again in
-        # its backward, by an amount that depends on the CPU's summation order: it moved a
-        # 2-step DDP update by 1e-3 relative under AVX2 kernels and 4e-6 under AVX-512.
-        # Sums accumulate in float64, as BatchNorm's do on a CPU.
+        # its backward, by an amount that depends on the CPU's summation order: under SSE4.1
+        # kernels it left a 2-step DDP update 2.5e-3 (relative) from the 1-process one even
+        # with float64 sums; two passes, 1.7e-6. Sums accumulate in float64, as BatchNorm's do
+        # on a CPU.
         dims = (0, 2, 3)
         count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64, device=x.device)
         totals = _AllReduceSum.apply(torch.cat([x.sum(dims, dtype=torch.float64), count]))
