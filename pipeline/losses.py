@@ -401,6 +401,12 @@ def rld_loss(
 
 METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "rld")
 
+#: The distillation terms each method returns besides "ce" and "total" (dkd/rld: the alpha and
+#: the beta part, in that order).
+_DISTILL_TERMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"ce": (), "kd": ("kd",), "dkd": ("tckd", "nckd"), "rld": ("scd", "mcd")}
+)
+
 #: Per-method defaults (CIFAR-100 settings of the official cfg.py). Read-only views.
 #: ``warmup`` is in epochs; the distillation weight is ``min(epoch / warmup, 1)``.
 #: Per-pair overrides in the official configs: DKD uses beta 6 with vgg13/wrn_40_2 teachers
@@ -521,8 +527,7 @@ class Objective:
     @property
     def term_names(self) -> tuple[str, ...]:
         """The keys of the dict the objective returns, in its order."""
-        parts = {"ce": (), "kd": ("kd",), "dkd": ("tckd", "nckd"), "rld": ("scd", "mcd")}[self.method]
-        return ("ce", *parts, "total")
+        return ("ce", *_DISTILL_TERMS[self.method], "total")
 
     @property
     def needs_teacher(self) -> bool:
@@ -621,10 +626,10 @@ class Objective:
             return {"ce": ce, "kd": kd, "total": ce + kd}
         if self.method == "dkd":
             terms = _dkd_terms(s, t, y, p["temperature"], stand)
-            a, b, names = terms["tckd"], terms["nckd"], ("tckd", "nckd")
         else:
             terms = _rld_terms(s, t, y, p["temperature"], p["alpha_temperature"], stand)
-            a, b, names = terms["scd"], terms["mcd"], ("scd", "mcd")
+        names = _DISTILL_TERMS[self.method]
+        a, b = terms[names[0]], terms[names[1]]
         alpha, beta = p["alpha"], p["beta"]
         total = ce + scales[0] * (alpha * a + beta * b)
         return {"ce": ce, names[0]: scales[1] * a, names[1]: scales[2] * b, "total": total}
