@@ -64,17 +64,18 @@ def student_inputs(
         raise ValueError("--dataset is required without --logits")
     train_set, val_set, test_set = load_splits_with_val(data.dataset, root=data.root, subset=data.subset,
                                                         test_subset=data.test_subset, val_split=data.val_split)
+    view_seed = seed if view_seed is None else view_seed
     if store is not None:
         check_store(store, train_set, test_set, data.augment, teacher_path)
         spec = ViewSpec.from_dict(store.attrs["views"])
     else:
         family = parse_family(data.augment) if data.augment else default_family(train_set)
-        spec = None if views is None else ViewSpec.parse(views, family, seed if view_seed is None else view_seed)
+        spec = None if views is None else ViewSpec.parse(views, family, view_seed)
 
     if epochs is None:
         epochs = spec.num_slots if spec is not None and spec.policy == "per-epoch" else DEFAULT_EPOCHS
     if spec is None:
-        spec = ViewSpec(family, "per-epoch", epochs, seed if view_seed is None else view_seed)
+        spec = ViewSpec(family, "per-epoch", epochs, view_seed)
     return StudentInputs(train_set, val_set, test_set, _signal(store, spec, online_teacher, device), epochs)
 
 
