@@ -101,10 +101,7 @@ def _counted_views(
     x = logits.reshape(-1, classes)
     y = labels.reshape(-1).astype(np.intp, copy=False)
     am = None if argmax is None else argmax.reshape(-1)
-    counted = y >= 0
-    if not counted.all():
-        x, y, am = x[counted], y[counted], None if am is None else am[counted]
-    return x, y, am
+    return _keep(y >= 0, x, y, am)
 
 
 def _finite_views(
@@ -112,10 +109,16 @@ def _finite_views(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
     """The views without a NaN or inf logit, and how many were left out."""
     finite = np.isfinite(x).all(1)
-    nonfinite = np.count_nonzero(~finite)
-    if not finite.all():
-        x, y, am = x[finite], y[finite], None if am is None else am[finite]
-    return x, y, am, nonfinite
+    return (*_keep(finite, x, y, am), np.count_nonzero(~finite))
+
+
+def _keep(
+    rows: np.ndarray, x: np.ndarray, y: np.ndarray, am: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The views where `rows` is True (no copy when all are)."""
+    if rows.all():
+        return x, y, am
+    return x[rows], y[rows], None if am is None else am[rows]
 
 
 def _label_rank_and_mask_size(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
