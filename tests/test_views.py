@@ -56,6 +56,11 @@ def test_crop_params_cover_torchvision_range_uniformly():
     # Binomial noise: a bin's count has sd 94 (5% is 5.3 sd), the flip mean sd 0.0017 (0.01 is 6 sd).
     assert counts.min() > 0.95 * 10_000 and counts.max() < 1.05 * 10_000
     assert abs(flip.mean() - 0.5) < 0.01
+    # Jointly too: every one of the 9 x 9 x 2 views, equally often (top, left and flip drawn
+    # independently; a left copied from top's bits would leave 18). 555.6 expected per view,
+    # binomial sd 23.5: 25% is 5.9 sd (measured 483-610).
+    joint = np.bincount((top.astype(np.int64) * 9 + left) * 2 + flip, minlength=162)
+    assert len(joint) == 162 and joint.min() > 0.75 * 90_000 / 162 and joint.max() < 1.25 * 90_000 / 162
 
 
 def test_crop_matches_torchvision_random_crop_and_flip(images):
