@@ -189,13 +189,22 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
 
 
-def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher):
+def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher,
+                                                                                             monkeypatch):
     from pipeline.data import load_dataset
     from pipeline.inference import predict_test, topk_accuracy
 
     train_set, test_set = synth
     val_set = load_dataset(SYNTH, "val", val_split=4)
     spec = ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0)
+    seen = []  # the split each evaluation of the run is given, in order
+    evaluate = train_module.predict_test
+
+    def spy(model, images, *args, **kwargs):
+        seen.append("val" if images is val_set else "test" if images is test_set else "other")
+        return evaluate(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_test", spy)
     summary = train(cfg(loss="ce", loss_options={}, epochs=4, milestones=()), train_set, test_set, ViewsOnly(spec),
                     tmp_path / "run", val_set=val_set, progress=False)
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -210,6 +219,11 @@ def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measur
     measured = topk_accuracy(predict_test(chosen.model, test_set, spec.family, device=torch.device("cpu")), test_set.labels)
     # same weights and views; approx's default 1e-6 covers float32 percentages of 40 samples
     assert best["top1"] == pytest.approx(measured["top1"]) and chosen.accuracy["top1"] == best["top1"]
+    # The validation split, every epoch, is what chose them; the test split is seen only after the
+    # last epoch: by the final weights, then by the chosen ones.
+    assert seen == ["val"] * 4 + ["test", "test"], seen
+    on_val = topk_accuracy(predict_test(chosen.model, val_set, spec.family, device=torch.device("cpu")), val_set.labels)
+    assert best["val_top1"] == pytest.approx(on_val["top1"])  # float32 percentages of 16 samples, as above
     assert summary["final"]["val_top1"] == val[-1] and summary["val_dataset"]["size"] == 16
     with pytest.raises(ValueError, match="needs val_split"):
         load_dataset(SYNTH, "val")
