@@ -229,6 +229,35 @@ def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measur
         load_dataset(SYNTH, "val")
 
 
+def test_best_is_the_first_epoch_of_the_best_validation_top1_also_across_a_resume(tmp_path, synth, monkeypatch):
+    """Validation top-1 scripted per epoch as 50, 80, 80, 70 (the rest of each evaluation is
+    real): best.pt is epoch 2, the first of the two best, as `val.index(max(val))` above; a run
+    stopped after epoch 2 and resumed must still choose epoch 2, with the same weights."""
+    from pipeline.data import load_dataset
+
+    train_set, test_set = synth
+    val_set = load_dataset(SYNTH, "val", val_split=4)
+    script = {1: 50.0, 2: 80.0, 3: 80.0, 4: 70.0}
+    evaluate = train_module._evaluate
+
+    def scripted(run, images, family, prefix, model=None):
+        metrics = evaluate(run, images, family, prefix, model)
+        if prefix == "val":
+            metrics["val_top1"] = script[run.epoch]
+        return metrics
+
+    monkeypatch.setattr(train_module, "_evaluate", scripted)
+    views = ViewsOnly(ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0))
+    run = cfg(loss="ce", loss_options={}, epochs=4, milestones=())
+    whole = train(run, train_set, test_set, views, tmp_path / "whole", val_set=val_set, progress=False)
+    train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False, stop_after=2)
+    resumed = train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False)
+    assert whole["best"]["epoch"] == 2 and whole["best"]["val_top1"] == 80.0, whole["best"]
+    assert resumed["best"] == whole["best"]
+    assert load_teacher(tmp_path / "resumed" / "best.pt").extra["epoch"] == 2
+    assert max_weight_delta(tmp_path / "whole" / "best.pt", tmp_path / "resumed" / "best.pt") == 0.0
+
+
 def test_a_stale_checkpoint_is_refused_or_with_restart_stale_discarded(tmp_path, synth):
     train_set, test_set = synth
     views = ViewsOnly(ViewSpec.parse("per-epoch:3", default_family(train_set), seed=0))
