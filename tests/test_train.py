@@ -258,6 +258,31 @@ def test_best_is_the_first_epoch_of_the_best_validation_top1_also_across_a_resum
     assert max_weight_delta(tmp_path / "whole" / "best.pt", tmp_path / "resumed" / "best.pt") == 0.0
 
 
+def test_each_epoch_replays_its_own_views_in_its_own_order(tmp_path, synth, store32, monkeypatch):
+    """Epoch e (from 0) visits every sample once, in epoch_order(seed, e), with the view of
+    slot e of a per-epoch store; no two epochs share an order."""
+    train_set, test_set = synth
+    n = len(train_set)
+    visits: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    check = train_module._check_inputs
+
+    def record(plan, indices, crc, epoch):
+        visits.setdefault(epoch, []).append((np.asarray(indices).copy(), plan.params[indices].copy()))
+        return check(plan, indices, crc, epoch)
+
+    monkeypatch.setattr(train_module, "_check_inputs", record)
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
+    assert sorted(visits) == [0, 1, 2]
+    orders = {}
+    for epoch, batches in visits.items():
+        order = np.concatenate([i for i, _ in batches])
+        assert np.array_equal(order, epoch_order(1, epoch, n)) and sorted(order) == list(range(n))
+        params = np.concatenate([p for _, p in batches])
+        assert np.array_equal(params, store32.read_slot("views", epoch)[order]), f"epoch {epoch + 1} replays other views"
+        orders[epoch] = tuple(order)
+    assert len(set(orders.values())) == 3
+
+
 def test_a_stale_checkpoint_is_refused_or_with_restart_stale_discarded(tmp_path, synth):
     train_set, test_set = synth
     views = ViewsOnly(ViewSpec.parse("per-epoch:3", default_family(train_set), seed=0))
