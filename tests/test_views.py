@@ -160,6 +160,23 @@ def test_fashion_mnist_size_images_are_padded_to_32_with_the_same_162_views():
         family.apply(torch.zeros(3, 40, 40, dtype=torch.uint8), np.array([0, 0, 0]))
 
 
+def test_recorded_parameters_map_to_fixed_views():
+    """A store records parameters, not pixels, and a family's version promises that the same
+    parameters give the same view. Two mappings no distribution test can see (either choice
+    draws the same distribution), pinned by hand:
+    - an image smaller than the crop is padded as torchvision's CenterCrop pads it (an odd
+      margin's extra pixel on the right and bottom);
+    - in resized-crop, u picks the row and v the column: scale 0.25 of 100 x 200 at ratio 1 is
+      71 x 71 px (round(sqrt(5000))); u = 0.5 -> int(0.5 * 30) = 15, v = 0.25 -> int(0.25 * 130) = 32.
+    """
+    image = torch.randint(1, 256, (1, 29, 31), dtype=torch.uint8)
+    assert torch.equal(CropFlip(32, 4).test_view(image), TF.center_crop(image, [32, 32]))
+    family = ResizedCropFlip(size=32)
+    params = np.zeros(len(family.param_names), np.float32)
+    params[0], params[1], params[-3], params[-2] = 0.25, 0.0, 0.5, 0.25  # scale0, log_ratio0, u, v
+    assert family.box(100, 200, params) == (15, 32, 71, 71)
+
+
 def test_student_slot_draws():
     per_epoch = ViewSpec.parse("per-epoch:3")
     assert (per_epoch.slots_for_epoch(2, 10, student_seed=5) == 2).all()
