@@ -189,13 +189,22 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
 
 
-def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher):
+def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher,
+                                                                                             monkeypatch):
     from pipeline.data import load_dataset
     from pipeline.inference import predict_test, topk_accuracy
 
     train_set, test_set = synth
     val_set = load_dataset(SYNTH, "val", val_split=4)
     spec = ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0)
+    seen = []  # the split each evaluation of the run is given, in order
+    evaluate = train_module.predict_test
+
+    def spy(model, images, *args, **kwargs):
+        seen.append("val" if images is val_set else "test" if images is test_set else "other")
+        return evaluate(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_test", spy)
     summary = train(cfg(loss="ce", loss_options={}, epochs=4, milestones=()), train_set, test_set, ViewsOnly(spec),
                     tmp_path / "run", val_set=val_set, progress=False)
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -210,9 +219,68 @@ def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measur
     measured = topk_accuracy(predict_test(chosen.model, test_set, spec.family, device=torch.device("cpu")), test_set.labels)
     # same weights and views; approx's default 1e-6 covers float32 percentages of 40 samples
     assert best["top1"] == pytest.approx(measured["top1"]) and chosen.accuracy["top1"] == best["top1"]
+    # The validation split, every epoch, is what chose them; the test split is seen only after the
+    # last epoch: by the final weights, then by the chosen ones.
+    assert seen == ["val"] * 4 + ["test", "test"], seen
+    on_val = topk_accuracy(predict_test(chosen.model, val_set, spec.family, device=torch.device("cpu")), val_set.labels)
+    assert best["val_top1"] == pytest.approx(on_val["top1"])  # float32 percentages of 16 samples, as above
     assert summary["final"]["val_top1"] == val[-1] and summary["val_dataset"]["size"] == 16
     with pytest.raises(ValueError, match="needs val_split"):
         load_dataset(SYNTH, "val")
+
+
+def test_best_is_the_first_epoch_of_the_best_validation_top1_also_across_a_resume(tmp_path, synth, monkeypatch):
+    """Validation top-1 scripted per epoch as 50, 80, 80, 70 (the rest of each evaluation is
+    real): best.pt is epoch 2, the first of the two best, as `val.index(max(val))` above; a run
+    stopped after epoch 2 and resumed must still choose epoch 2, with the same weights."""
+    from pipeline.data import load_dataset
+
+    train_set, test_set = synth
+    val_set = load_dataset(SYNTH, "val", val_split=4)
+    script = {1: 50.0, 2: 80.0, 3: 80.0, 4: 70.0}
+    evaluate = train_module._evaluate
+
+    def scripted(run, images, family, prefix, model=None):
+        metrics = evaluate(run, images, family, prefix, model)
+        if prefix == "val":
+            metrics["val_top1"] = script[run.epoch]
+        return metrics
+
+    monkeypatch.setattr(train_module, "_evaluate", scripted)
+    views = ViewsOnly(ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0))
+    run = cfg(loss="ce", loss_options={}, epochs=4, milestones=())
+    whole = train(run, train_set, test_set, views, tmp_path / "whole", val_set=val_set, progress=False)
+    train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False, stop_after=2)
+    resumed = train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False)
+    assert whole["best"]["epoch"] == 2 and whole["best"]["val_top1"] == 80.0, whole["best"]
+    assert resumed["best"] == whole["best"]
+    assert load_teacher(tmp_path / "resumed" / "best.pt").extra["epoch"] == 2
+    assert max_weight_delta(tmp_path / "whole" / "best.pt", tmp_path / "resumed" / "best.pt") == 0.0
+
+
+def test_each_epoch_replays_its_own_views_in_its_own_order(tmp_path, synth, store32, monkeypatch):
+    """Epoch e (from 0) visits every sample once, in epoch_order(seed, e), with the view of
+    slot e of a per-epoch store; no two epochs share an order."""
+    train_set, test_set = synth
+    n = len(train_set)
+    visits: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    check = train_module._check_inputs
+
+    def record(plan, indices, crc, epoch):
+        visits.setdefault(epoch, []).append((np.asarray(indices).copy(), plan.params[indices].copy()))
+        return check(plan, indices, crc, epoch)
+
+    monkeypatch.setattr(train_module, "_check_inputs", record)
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
+    assert sorted(visits) == [0, 1, 2]
+    orders = {}
+    for epoch, batches in visits.items():
+        order = np.concatenate([i for i, _ in batches])
+        assert np.array_equal(order, epoch_order(1, epoch, n)) and sorted(order) == list(range(n))
+        params = np.concatenate([p for _, p in batches])
+        assert np.array_equal(params, store32.read_slot("views", epoch)[order]), f"epoch {epoch + 1} replays other views"
+        orders[epoch] = tuple(order)
+    assert len(set(orders.values())) == 3
 
 
 def test_a_stale_checkpoint_is_refused_or_with_restart_stale_discarded(tmp_path, synth):
