@@ -325,6 +325,20 @@ def test_learning_rate_schedule_counts_epochs_from_one():
         [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
 
 
+def test_an_epochs_loss_weighs_each_steps_mean_by_its_batch_size(tmp_path, synth):
+    """96 samples in batches of 40, 40 and 16: the epoch's loss is the mean over its samples,
+    sum(step mean x batch size) / 96, not a mean of the step means."""
+    train_set, test_set = synth
+    steps = []
+    train(cfg(loss="ce", loss_options={}, epochs=1, batch_size=40), train_set, test_set,
+          ViewsOnly(ViewSpec.parse("per-epoch:1", default_family(train_set), seed=0)), tmp_path / "run",
+          progress=False, on_step=lambda epoch, step, terms: steps.append(terms["total"]))
+    row = json.loads((tmp_path / "run" / "metrics.json").read_text())[0]
+    expected = (40 * steps[0] + 40 * steps[1] + 16 * steps[2]) / 96
+    # the run sums float32 products of 3 steps (a few ulps, ~3e-7 relative): 1e-6 covers them
+    assert len(steps) == 3 and row["loss_total"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_store_needs_the_teacher_for_distillation(tmp_path, synth):
     train_set, test_set = synth
     with pytest.raises(ValueError, match="needs a teacher"):
@@ -608,6 +622,48 @@ def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "intact" / "metrics.json").read_text())
     np.testing.assert_allclose([r["loss_total"] for r in two], [r["loss_total"] for r in one], rtol=1e-5)
+
+
+def test_each_rank_takes_the_part_of_a_batch_of_its_global_rank():
+    """Under torchrun on two nodes of two GPUs the local ranks are 0, 1, 0, 1: slicing by them
+    would train on the first half of every batch twice and never on the second half."""
+    from pipeline.distributed import World, rank_slice
+
+    parts = [rank_slice(np.arange(10), World(rank=r, size=4, local_rank=r % 2)) for r in range(4)]
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+
+
+def test_global_batchnorm_on_two_identical_ranks_is_batchnorm_of_their_concatenated_batch(monkeypatch):
+    """GlobalBatchNorm2d's arithmetic without processes: with dist.all_reduce doubling its input,
+    as a sum over two ranks holding the same batch would, each rank's output, gradient and
+    running statistics are nn.BatchNorm2d's on both batches together. The batch is 2 samples of
+    2x2 pixels, 16 values per channel over both ranks: the unbiased running variance (x 16/15)
+    is 7% from the biased one, where the DDP test's 3136-value channels put it within tolerance."""
+    import torch.distributed as dist
+
+    from pipeline.distributed import GlobalBatchNorm2d
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 2, 2) * 3 + 5).requires_grad_()
+    both = torch.cat([x.detach(), x.detach()]).requires_grad_()
+    weights = torch.randn(2, 3, 2, 2)  # a loss that weighs every output differently
+    bn, ref = GlobalBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        for m in (bn, ref):
+            m.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+            m.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    y, y_ref = bn(x), ref(both)
+    (y * weights).sum().backward()
+    (y_ref * torch.cat([weights, weights])).sum().backward()
+    # float32 results of float64 (here) and float32 (there) sums of 16 values: a few ulps,
+    # ~1e-6 relative; 1e-5 is ten times that
+    torch.testing.assert_close(y, y_ref[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, both.grad[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
