@@ -32,6 +32,8 @@ def test_a_single_listed_key_names_only_that_part():
     ("entries", "message"),
     [
         ({"x": {"arch": "a", "loss": ["ce", "kd"], "loss_options": {"beta": [2, 4]}}}, "beta applies to none of the losses"),
+        # an entry without lists is checked too: its student would fail only when its job runs
+        ({"x": {"arch": "a", "loss": "ce", "loss_options": {"beta": 2}}}, r"x\.loss_options\.beta applies to none of the losses \['ce'\]"),
         ({"x": {"arch": "a", "loss": "rld", "seed": []}}, "students.x.seed is an empty list"),
         ({"x": {"arch": "a", "loss": "rld", "seed": [1, 1]}}, "lists a value twice"),
         ({"x": {"arch": "a", "loss": "kd", "seed": [0]}, "x-s0": {"arch": "a", "loss": "ce"}}, "'x-s0' is produced twice"),
