@@ -59,7 +59,7 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
         values = entry[key] if "." not in key else options[key.split(".", 1)[1]]
         if not values:
             raise ValueError(f"config: students.{base}.{key} is an empty list")
-        if len(set(map(str, values))) != len(values):
+        if len(set(map(_label, values))) != len(values):  # 2 and 2.0 would both be named "2"
             raise ValueError(f"config: students.{base}.{key} lists a value twice: {values}")
 
     expanded = []

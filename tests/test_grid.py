@@ -36,6 +36,8 @@ def test_a_single_listed_key_names_only_that_part():
         ({"x": {"arch": "a", "loss": "ce", "loss_options": {"beta": 2}}}, r"x\.loss_options\.beta applies to none of the losses \['ce'\]"),
         ({"x": {"arch": "a", "loss": "rld", "seed": []}}, "students.x.seed is an empty list"),
         ({"x": {"arch": "a", "loss": "rld", "seed": [1, 1]}}, "lists a value twice"),
+        # 2 and 2.0 are two YAML values but one name part (beta2)
+        ({"x": {"arch": "a", "loss": "rld", "loss_options": {"beta": [2, 2.0]}}}, r"x\.loss_options\.beta lists a value twice: \[2, 2\.0\]"),
         ({"x": {"arch": "a", "loss": "kd", "seed": [0]}, "x-s0": {"arch": "a", "loss": "ce"}}, "'x-s0' is produced twice"),
     ],
 )
