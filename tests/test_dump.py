@@ -303,3 +303,30 @@ def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
     assert report["test_split"]["top1_pct"] == pytest.approx(teacher.accuracy["top1"])
     verified = cli("verify", store, "--teacher", str(teacher_file), "--samples", "32", "--json")
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
+
+
+def test_a_store_with_a_validation_split_holds_the_rest_and_verifies(tmp_path, teacher_file):
+    """`rld dump --val-split 4` stores the 80 training samples left after holding out the last
+    4 of each class (what its students train on), and `rld verify` reloads those same samples
+    from the store's record to re-run the teacher on them."""
+    from pipeline.data import load_dataset
+
+    store = tmp_path / "s.zarr"
+    dumped = cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--val-split", "4", "--views", "per-epoch:1",
+                 "--dtype", "float32", "--quiet", "--out", str(store))
+    assert dumped.exit_code == 0, dumped.output
+    recorded = LogitStore.open(store).attrs["dataset"]
+    assert (recorded["val_split"], recorded["size"]) == (4, 80)
+    assert recorded["fingerprint"] == load_dataset(SYNTH, "train", val_split=4).fingerprint
+    verified = cli("verify", str(store), "--teacher", str(teacher_file), "--samples", "16", "--json")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True, verified.output
+
+
+def test_a_stores_numerics_on_a_cpu_keep_its_autocast_and_layout_except_fp16():
+    """An online teacher on a CPU adopts a CUDA store's numerics as far as a CPU has them: bf16
+    autocast and the memory format carry over; fp16 autocast, which this project refuses on a
+    CPU (resolve_amp), becomes float32."""
+    cpu = torch.device("cpu")
+    assert Numerics("cuda", "fp16", True).on(cpu) == Numerics("cpu", "off", True)
+    assert Numerics("cuda", "bf16", False).on(cpu) == Numerics("cpu", "bf16", False)
+    assert Numerics.from_dict({"device": "cuda", "amp": "fp16"}).on(cpu) == Numerics("cpu", "off", False)

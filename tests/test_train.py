@@ -325,6 +325,20 @@ def test_learning_rate_schedule_counts_epochs_from_one():
         [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
 
 
+def test_an_epochs_loss_weighs_each_steps_mean_by_its_batch_size(tmp_path, synth):
+    """96 samples in batches of 40, 40 and 16: the epoch's loss is the mean over its samples,
+    sum(step mean x batch size) / 96, not a mean of the step means."""
+    train_set, test_set = synth
+    steps = []
+    train(cfg(loss="ce", loss_options={}, epochs=1, batch_size=40), train_set, test_set,
+          ViewsOnly(ViewSpec.parse("per-epoch:1", default_family(train_set), seed=0)), tmp_path / "run",
+          progress=False, on_step=lambda epoch, step, terms: steps.append(terms["total"]))
+    row = json.loads((tmp_path / "run" / "metrics.json").read_text())[0]
+    expected = (40 * steps[0] + 40 * steps[1] + 16 * steps[2]) / 96
+    # the run sums float32 products of 3 steps (a few ulps, ~3e-7 relative): 1e-6 covers them
+    assert len(steps) == 3 and row["loss_total"] == pytest.approx(expected, rel=1e-6)
+
+
 def test_a_store_needs_the_teacher_for_distillation(tmp_path, synth):
     train_set, test_set = synth
     with pytest.raises(ValueError, match="needs a teacher"):
@@ -414,6 +428,60 @@ def test_student_refuses_an_incomplete_store(tmp_path, store32):
 
 
 # ---------------------------------------------------------------------------------------
+# What a student trains on (pipeline/student.py)
+
+
+def test_a_store_student_takes_its_data_and_epochs_from_the_store(tmp_path, teacher):
+    """A store of 2 views per sample of the first 5 training samples of each class left after
+    holding out the last 4 for validation, and of the first 3 test samples: a student naming
+    only the store trains on exactly those samples, selects on those 16 validation samples
+    (the test subset comes from the store's test record, not its training record), and trains
+    2 epochs unless told otherwise."""
+    from pipeline.data import load_dataset, load_splits
+    from pipeline.student import DataRequest, student_inputs
+
+    train_set, test_set = load_splits(SYNTH, subset=5, test_subset=3, val_split=4)
+    path = tmp_path / "sub.zarr"
+    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:2", "crop", seed=5), path, dtype="float32",
+         progress=False)
+    inputs = student_inputs("kd", DataRequest(), store_path=str(path))
+    assert inputs.train_set.fingerprint == train_set.fingerprint and inputs.test_set.fingerprint == test_set.fingerprint
+    assert inputs.val_set.fingerprint == load_dataset(SYNTH, "val", val_split=4).fingerprint
+    assert (len(inputs.train_set), len(inputs.val_set), len(inputs.test_set), inputs.epochs) == (20, 16, 12, 2)
+    assert isinstance(inputs.signal, StoreSignal) and inputs.signal.spec.seed == 5
+    assert student_inputs("kd", DataRequest(), store_path=str(path), epochs=5).epochs == 5
+
+
+def test_without_a_store_the_views_are_seeded_by_the_student_seed_unless_given():
+    """Students of seeds 0, 1, 2 see views of their own (as they would from per-seed stores);
+    --view-seed overrides, and an epoch count is the paper's 240 unless given."""
+    from pipeline.student import DEFAULT_EPOCHS, DataRequest, student_inputs
+
+    data = DataRequest(dataset=SYNTH)
+    default = student_inputs("ce", data, seed=3, epochs=2)
+    assert (default.signal.spec.seed, default.signal.spec.policy, default.signal.spec.num_slots, default.epochs) == (
+        3, "per-epoch", 2, 2)
+    pool = student_inputs("ce", data, seed=3, views="pool:4")
+    assert (pool.signal.spec.seed, pool.signal.spec.num_slots, pool.epochs) == (3, 4, DEFAULT_EPOCHS)
+    assert student_inputs("ce", data, seed=3, views="pool:4", view_seed=7).signal.spec.seed == 7
+
+
+def test_an_online_teacher_must_be_the_teacher_of_the_store(tmp_path, teacher_file, store32):
+    """--online-teacher with --logits computes the store's logits again; another teacher's
+    (here the same one with one bias changed) would silently distil from other logits."""
+    from pipeline.student import DataRequest, student_inputs
+
+    other = load_teacher(teacher_file)
+    with torch.no_grad():
+        other.model.fc.bias[0] += 1.0
+    other.save(tmp_path / "other.pt")
+    with pytest.raises(StoreError, match=r"teacher\.weights_sha256: store has"):
+        student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(tmp_path / "other.pt"))
+    same = student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(teacher_file))
+    assert isinstance(same.signal, OnlineSignal)
+
+
+# ---------------------------------------------------------------------------------------
 # Through the CLI, as a user or Snakemake runs it
 
 
@@ -439,11 +507,21 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
     fails(*STUDENT, "--loss", "rld", "--dataset", SYNTH, "--out", str(tmp_path / "g"), match="needs a teacher")
     fails(*STUDENT, *logits, "--same-t", "--alpha-temperature", "2", "--out", str(tmp_path / "h"),
           match="--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
-    assert not any((tmp_path / n).exists() for n in "abcdefgh")
+    fails(*STUDENT, *logits, "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path / "i"),
+          match="fp16 autocast is for CUDA; use bf16 on CPU")
+    assert not any((tmp_path / n).exists() for n in "abcdefghi")
     # teacher import only evaluates: it has no training or view-building options to ignore
     result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(teacher_file), "--dataset", SYNTH,
                  "--channels-last", "--out", str(tmp_path / "t.pt"))
     assert result.exit_code == 2 and "No such option '--channels-last'" in result.stderr
+
+
+def test_same_t_gives_the_scd_part_the_temperature_given_with_T(tmp_path, store32):
+    """--same-t is the official code's flag: SCD uses the MCD temperature, the one -T gives."""
+    result = cli(*STUDENT, "--logits", str(store32.path), "--loss", "rld", "--same-t", "-T", "2", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "s" / "config.json").read_text())["config"]["loss_options"]
+    assert options["temperature"] == 2.0 and options["alpha_temperature"] == 2.0, options
 
 
 def test_cli_defaults_make_store_and_online_teacher_students_bitwise_equal(tmp_path, teacher_file):
@@ -544,6 +622,48 @@ def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "intact" / "metrics.json").read_text())
     np.testing.assert_allclose([r["loss_total"] for r in two], [r["loss_total"] for r in one], rtol=1e-5)
+
+
+def test_each_rank_takes_the_part_of_a_batch_of_its_global_rank():
+    """Under torchrun on two nodes of two GPUs the local ranks are 0, 1, 0, 1: slicing by them
+    would train on the first half of every batch twice and never on the second half."""
+    from pipeline.distributed import World, rank_slice
+
+    parts = [rank_slice(np.arange(10), World(rank=r, size=4, local_rank=r % 2)) for r in range(4)]
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+
+
+def test_global_batchnorm_on_two_identical_ranks_is_batchnorm_of_their_concatenated_batch(monkeypatch):
+    """GlobalBatchNorm2d's arithmetic without processes: with dist.all_reduce doubling its input,
+    as a sum over two ranks holding the same batch would, each rank's output, gradient and
+    running statistics are nn.BatchNorm2d's on both batches together. The batch is 2 samples of
+    2x2 pixels, 16 values per channel over both ranks: the unbiased running variance (x 16/15)
+    is 7% from the biased one, where the DDP test's 3136-value channels put it within tolerance."""
+    import torch.distributed as dist
+
+    from pipeline.distributed import GlobalBatchNorm2d
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 2, 2) * 3 + 5).requires_grad_()
+    both = torch.cat([x.detach(), x.detach()]).requires_grad_()
+    weights = torch.randn(2, 3, 2, 2)  # a loss that weighs every output differently
+    bn, ref = GlobalBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        for m in (bn, ref):
+            m.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+            m.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    y, y_ref = bn(x), ref(both)
+    (y * weights).sum().backward()
+    (y_ref * torch.cat([weights, weights])).sum().backward()
+    # float32 results of float64 (here) and float32 (there) sums of 16 values: a few ulps,
+    # ~1e-6 relative; 1e-5 is ten times that
+    torch.testing.assert_close(y, y_ref[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, both.grad[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
