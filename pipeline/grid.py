@@ -45,6 +45,12 @@ def expand_students(students: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
 
 def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     options = entry.get("loss_options") or {}
+    # Checked for every entry, grid or not: `rld student train` would refuse the option only
+    # when the student's job runs, after its teacher and store were made.
+    losses = _as_list(entry.get("loss"))
+    for key in options:
+        if not any(key in DEFAULTS[loss] for loss in losses):
+            raise ValueError(f"config: students.{base}.loss_options.{key} applies to none of the losses {losses}")
     listed = [k for k in GRID_KEYS if isinstance(entry.get(k), list)]
     listed_options = sorted(k for k, v in options.items() if isinstance(v, list))
     if not listed and not listed_options:
@@ -53,12 +59,8 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
         values = entry[key] if "." not in key else options[key.split(".", 1)[1]]
         if not values:
             raise ValueError(f"config: students.{base}.{key} is an empty list")
-        if len(set(map(str, values))) != len(values):
+        if len(set(map(_label, values))) != len(values):  # 2 and 2.0 would both be named "2"
             raise ValueError(f"config: students.{base}.{key} lists a value twice: {values}")
-    losses = _as_list(entry.get("loss"))
-    for key in options:
-        if not any(key in DEFAULTS[loss] for loss in losses):
-            raise ValueError(f"config: students.{base}.loss_options.{key} applies to none of the losses {losses}")
 
     expanded = []
     scalars = {k: _as_list(entry.get(k)) for k in GRID_KEYS if k in entry}

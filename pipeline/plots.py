@@ -88,7 +88,6 @@ def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dic
     the highest seed; loss options not chosen on validation drawn faint; each teacher's test
     accuracy dashed. 36 runs make 12 readable lines rather than 36 tangled ones."""
     by_folder = {r["folder"]: r for r in runs}
-    deciding = {g["_family"] for g in groups if g["chosen"]}
     several_settings = len({(g["teacher"], g["arch"]) for g in groups}) > 1
     fig, ax = plt.subplots(figsize=(8, 5))
     teachers: dict[str, float] = {}
@@ -102,7 +101,7 @@ def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dic
         epochs = [e for e, _ in curves[0][:length]]
         values = np.array([[v for _, v in c[:length]] for c in curves])
         label = (f"{g['arch']} <- {g['teacher']}: " if several_settings else "") + g["label"]
-        faint = g["_family"] in deciding and not g["chosen"]
+        faint = g["passed_over"]
         (line,) = ax.plot(epochs, values.mean(0), alpha=0.35 if faint else 1.0, linewidth=1 if faint else 1.8,
                           label=label + (f" ({len(members)} seeds)" if len(members) > 1 else ""))
         if len(members) > 1:
@@ -116,7 +115,7 @@ def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dic
         ax.annotate(f"teacher {name} (test): {top1:.2f}", (0, top1), xycoords=("axes fraction", "data"),
                     textcoords="offset points", xytext=(4, 4), color="gray")
     ax.set(xlabel="epoch", ylabel=" / ".join(sorted(splits)) + " top-1 (%)",
-           title="Students (faint: options not chosen on validation)" if deciding else "Students")
+           title="Students (faint: options not chosen on validation)" if any(g["passed_over"] for g in groups) else "Students")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small" if len(groups) <= 12 else "xx-small", ncol=1 if len(groups) <= 12 else 2)
     fig.tight_layout()

@@ -127,7 +127,7 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         deltas = [m["delta_vs_ce"] for m in members if m["delta_vs_ce"] is not None]
         g["pairs"], g["delta_positive"] = len(deltas), sum(d > 0 for d in deltas)
         g["deltas"] = deltas
-        g["chosen"] = False
+        g["chosen"] = g["passed_over"] = False
         out.append(g)
     choose_on_validation(out)
     _label_by_what_varies(out)
@@ -152,13 +152,16 @@ def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
 
 
 def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
-    """Mark, per (setting, teacher, loss), the option set with the best mean final validation top-1.
+    """Mark, per (setting, teacher, loss), the option set with the best mean final validation
+    top-1 `chosen` and the others `passed_over`.
 
     Only families with more than one option set and validation numbers for all of them choose.
     """
     for members in _by_family(grouped):
         if len(members) > 1 and all(m["val_top1"] is not None for m in members):
-            max(members, key=lambda m: m["val_top1"])["chosen"] = True
+            best = max(members, key=lambda m: m["val_top1"])
+            for m in members:
+                m["chosen"], m["passed_over"] = m is best, m is not best
 
 
 def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:

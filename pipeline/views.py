@@ -514,7 +514,12 @@ def view_loader(
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over whole batches of views (see `ViewBatches`), in the given order."""
+    """One pass of a DataLoader over whole batches of views (see `ViewBatches`), in the given order.
+
+    Each request names its image set, so one pass may mix them (a dump interleaves training
+    views and test images); the requests travel to the workers once, with the dataset.
+    Training uses `EpochLoader` instead: one image set, workers that live across epochs.
+    """
     return torch.utils.data.DataLoader(
         ViewBatches(family, requests),
         batch_size=None,

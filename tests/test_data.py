@@ -30,6 +30,10 @@ def test_synthetic_is_deterministic_and_options_apply():
     assert a.spec == "synthetic:classes=3,test=9,train=30"
     test = load_dataset("synthetic:classes=3,train=30,test=9", "test")
     assert len(test) == 9 and test.fingerprint != a.fingerprint
+    # The test split is drawn apart from the training split: at equal sizes no test image is a training image.
+    train, test = load_dataset("synthetic:train=40,test=40", "train"), load_dataset("synthetic:train=40,test=40", "test")
+    seen = {bytes(img.numpy()) for img in train.images}
+    assert not any(bytes(img.numpy()) in seen for img in test.images)
 
 
 def test_subset_keeps_first_n_per_class_in_order():
@@ -43,6 +47,12 @@ def test_subset_keeps_first_n_per_class_in_order():
     assert sub.describe()["subset"] == 5 and sub.fingerprint != full.fingerprint
     with pytest.raises(ValueError, match=">= 1"):
         first_per_class(labels, 0)
+    # The test split's subset (--test-subset) is the first N of each test class as well.
+    spec = "synthetic:classes=4,train=40,test=40"
+    test, test_sub = load_dataset(spec, "test"), load_dataset(spec, "test", subset=3)
+    keep = first_per_class(test.labels, 3)
+    assert len(test_sub) == 12 and torch.equal(test_sub.images, test.images[keep]) and test_sub.describe()["subset"] == 3
+    assert load_splits(spec, test_subset=3)[1].fingerprint == test_sub.fingerprint
 
 
 def test_fingerprint_sees_one_pixel_and_one_label():
@@ -111,6 +121,11 @@ def test_imagefolder_tree(tmp_path):
     train = load_dataset("imagefolder", "train", root=tmp_path)
     assert train.classes == ["cat", "dog"] and len(train) == 6 and not train.fixed_size
     assert train.image(4).shape == (3, 21, 24) and int(train.image(4)[0, 0, 0]) == 41
+    # An image rewritten in place (same name, other pixels and byte size) makes another dataset.
+    before, image = train.fingerprint, tmp_path / "train" / "dog" / "0.png"
+    size = image.stat().st_size
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
+    assert image.stat().st_size != size and load_dataset("imagefolder", "train", root=tmp_path).fingerprint != before
     resized = load_dataset("imagefolder:resize=16", "test", root=tmp_path)
     assert resized.fixed_size and resized.batch([0, 5]).shape == (2, 3, 16, 16)
     assert resized.fingerprint != load_dataset("imagefolder", "test", root=tmp_path).fingerprint
@@ -149,3 +164,22 @@ def test_a_validation_split_holds_out_the_last_samples_of_each_class():
         load_dataset(spec, "val", val_split=20)
     with pytest.raises(ValueError, match="fraction in"):
         parse_val_split("1.5")
+
+
+def test_val_split_of_one_per_class_is_accepted_and_one_that_holds_out_nothing_is_refused():
+    """'1' is one sample per class (an int, not the fraction 1.0); a fraction that rounds to no
+    sample of a class would otherwise hold out the whole class (rows[-0:] is every row)."""
+    assert parse_val_split("1") == 1 and type(parse_val_split("1")) is int
+    assert parse_val_split("100") == 100 and type(parse_val_split(2.0)) is int and parse_val_split("0.1") == 0.1
+    assert parse_val_split(None) is None and parse_val_split("") is None
+    for bad in ("0", "-3", "1.5", "ten"):
+        with pytest.raises(ValueError, match="val_split must be"):
+            parse_val_split(bad)
+    spec = "synthetic:classes=3,train=60,test=9"  # 20 training samples per class
+    full, val = load_dataset(spec, "train"), load_dataset(spec, "val", val_split=parse_val_split("1"))
+    assert np.bincount(val.labels).tolist() == [1, 1, 1]
+    for c in range(3):  # the last sample of each class
+        assert torch.equal(val.images[val.labels == c][0], full.images[np.flatnonzero(full.labels == c)[-1]])
+    assert len(load_dataset(spec, "train", val_split=1)) == 57
+    with pytest.raises(ValueError, match="val_split 0.02 holds out 0 of the 20 training samples of class 0"):
+        load_dataset(spec, "val", val_split=0.02)

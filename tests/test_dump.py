@@ -225,7 +225,7 @@ def test_non_finite_teacher_logits_stop_the_dump_naming_sample_and_view(tmp_path
 
     def forward(x):
         out = original(x)
-        out[3] = float("nan")  # row 3 of every batch
+        out[3, 1] = float("nan")  # one logit of row 3 of every batch: the rest of the row stays finite
         return out
 
     broken.model.forward = forward
@@ -254,7 +254,9 @@ def test_verify_accepts_a_faithful_store_and_catches_tampering(tmp_path, teacher
     ok = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "40")
     assert ok.exit_code == 0 and "OK" in ok.stdout and "argmax agreement 100.00%" in ok.stdout
     store = LogitStore.open(store_path, mode="r+")
-    store.group["logits"][2, 0:16] = store.group["logits"][2, 0:16] + 0.5
+    # 0.01: above a float32 store's tolerance (1e-3, float32 rounding), below an fp16 store's
+    # (2e-2): a float32 store is held to float32 rounding.
+    store.group["logits"][2, 0:16] = store.group["logits"][2, 0:16] + 0.01
     bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "64")
     assert bad.exit_code == 1 and "FAILED" in bad.stdout
 
@@ -274,6 +276,22 @@ def test_verify_reports_every_input_crc_mismatch(tmp_path, teacher_file):
     assert report["max_abs_delta"] == 0.0  # float32 store, same numerics: the logits are bitwise the teacher's
 
 
+def test_verify_rebuilds_views_from_the_stored_parameters(tmp_path, teacher_file):
+    """Three views whose stored parameters were altered (logits and input crc32 untouched): the
+    views a student would replay are not the ones the teacher saw, and verify, which rebuilds
+    each view from its stored parameters, counts the three."""
+    store_path = tmp_path / "s.zarr"
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
+    views = LogitStore.open(store_path, mode="r+").group["views"]
+    for slot, sample in ((0, 10), (2, 40), (3, 95)):
+        params = views[slot, sample]
+        params[0] = (params[0] + 1) % 9  # the crop one row lower (or back at the top)
+        views[slot, sample] = params
+    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
+    report = json.loads(bad.stdout)
+    assert bad.exit_code == 1 and report["input_mismatches"] == 3 and report["ok"] is False, report
+
+
 def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
     store = str(tmp_path / "s.zarr")
     dumped = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", store)
@@ -285,3 +303,30 @@ def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
     assert report["test_split"]["top1_pct"] == pytest.approx(teacher.accuracy["top1"])
     verified = cli("verify", store, "--teacher", str(teacher_file), "--samples", "32", "--json")
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
+
+
+def test_a_store_with_a_validation_split_holds_the_rest_and_verifies(tmp_path, teacher_file):
+    """`rld dump --val-split 4` stores the 80 training samples left after holding out the last
+    4 of each class (what its students train on), and `rld verify` reloads those same samples
+    from the store's record to re-run the teacher on them."""
+    from pipeline.data import load_dataset
+
+    store = tmp_path / "s.zarr"
+    dumped = cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--val-split", "4", "--views", "per-epoch:1",
+                 "--dtype", "float32", "--quiet", "--out", str(store))
+    assert dumped.exit_code == 0, dumped.output
+    recorded = LogitStore.open(store).attrs["dataset"]
+    assert (recorded["val_split"], recorded["size"]) == (4, 80)
+    assert recorded["fingerprint"] == load_dataset(SYNTH, "train", val_split=4).fingerprint
+    verified = cli("verify", str(store), "--teacher", str(teacher_file), "--samples", "16", "--json")
+    assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True, verified.output
+
+
+def test_a_stores_numerics_on_a_cpu_keep_its_autocast_and_layout_except_fp16():
+    """An online teacher on a CPU adopts a CUDA store's numerics as far as a CPU has them: bf16
+    autocast and the memory format carry over; fp16 autocast, which this project refuses on a
+    CPU (resolve_amp), becomes float32."""
+    cpu = torch.device("cpu")
+    assert Numerics("cuda", "fp16", True).on(cpu) == Numerics("cpu", "off", True)
+    assert Numerics("cuda", "bf16", False).on(cpu) == Numerics("cpu", "bf16", False)
+    assert Numerics.from_dict({"device": "cuda", "amp": "fp16"}).on(cpu) == Numerics("cpu", "off", False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SUBPROCESS_ENV, rld
-from pipeline.gpu_slots import acquire
+from pipeline.gpu_slots import acquire, default_lock_dir
 
 # A job: take slots through the library, exec a command that logs its devices and lifetime.
 JOB = """
@@ -90,6 +90,10 @@ def test_the_cli_sets_the_devices_of_the_command(tmp_path):
     assert rld(*args, cwd=REPO).stdout.strip() == "3,5"
     failed = rld("on-gpus", "--gpus", "4", "--devices", "0,1", "--lock-dir", str(tmp_path), "--", "true", check=False)
     assert failed.returncode == 1 and "asks for 4 GPUs but this machine offers 2 (0,1)" in failed.stderr
+    # --gpus 0 (a CPU job): the command runs as it is, on the caller's devices, taking no slot.
+    plain = rld("on-gpus", "--gpus", "0", "--lock-dir", str(tmp_path / "unused"), "--", sys.executable, "-c",
+                "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])", env={"CUDA_VISIBLE_DEVICES": "7"})
+    assert plain.stdout.strip() == "7" and not (tmp_path / "unused").exists()
 
 
 def test_gpu_jobs_size_their_view_workers_from_the_jobs_cpus_not_the_nodes(monkeypatch):
@@ -107,6 +111,49 @@ def test_gpu_jobs_size_their_view_workers_from_the_jobs_cpus_not_the_nodes(monke
     assert cpu_budget() == 64 and resolve_workers(None, cuda) == 8
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})  # a one-CPU cgroup
     assert resolve_workers(None, cuda) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # OMP_NUM_THREADS above the affinity
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert cpu_budget() == 2 and resolve_workers(None, cuda) == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
     assert cpu_budget() == 1
     assert resolve_workers(None, cpu) == 0 and resolve_workers(5, cuda) == 5
+
+
+def test_a_job_holds_exactly_its_slots_and_prefers_the_emptiest_device(tmp_path):
+    """In one process, as a job runs until it execs: counting free slots locks each one for a
+    moment, and only the slot taken may stay locked. Two slots per device: the second job goes
+    to the other, emptier device, and the slots the first two jobs only counted are still free."""
+    locks = tmp_path / "locks"
+    a = acquire(1, ["0", "1"], per_gpu=2, lock_dir=locks, timeout=0)
+    b = acquire(1, ["0", "1"], per_gpu=2, lock_dir=locks, timeout=0)
+    assert (a.devices, b.devices) == (["0"], ["1"])
+    c = acquire(1, ["0"], per_gpu=2, lock_dir=locks, timeout=0)  # device 0's second slot, only probed by a and b
+    d = acquire(1, ["1"], per_gpu=2, lock_dir=locks, timeout=0)
+    with pytest.raises(TimeoutError, match="no 1 GPU"):
+        acquire(1, ["0", "1"], per_gpu=2, lock_dir=locks, timeout=0)
+    for slots in (a, b, c, d):
+        slots.release()
+    assert acquire(2, ["0", "1"], per_gpu=1, lock_dir=locks, timeout=0).devices == ["0", "1"]
+
+
+def test_a_job_waiting_for_several_devices_holds_none_of_them(tmp_path):
+    """A two-device job that finds only one device free gives it back while it waits: holding
+    it would starve one-device jobs, and two such jobs could deadlock each other."""
+    locks = tmp_path / "locks"
+    busy = acquire(1, ["1"], lock_dir=locks, timeout=0)
+    with pytest.raises(TimeoutError, match="no 2 GPU"):
+        acquire(2, ["0", "1"], lock_dir=locks, timeout=0.2, poll=0.05)
+    free = acquire(1, ["0"], lock_dir=locks, timeout=0)
+    assert free.devices == ["0"]
+    free.release()
+    busy.release()
+
+
+def test_jobs_of_different_slurm_allocations_use_different_lock_folders():
+    """Inside SLURM every job sees its own GPUs as 0..n-1: one machine-wide gpu0 lock would make
+    jobs on different physical GPUs wait for each other (tests/test_slurm.py runs this for real)."""
+    base = Path("/tmp") / f"rld-gpu-slots-{os.getuid()}"
+    assert default_lock_dir({}) == base
+    assert default_lock_dir({"SLURM_JOB_ID": "42"}) == base / "slurm-job-42"
+    assert default_lock_dir({"SLURM_JOB_ID": "43"}) != default_lock_dir({"SLURM_JOB_ID": "42"})

@@ -32,11 +32,28 @@ def test_a_single_listed_key_names_only_that_part():
     ("entries", "message"),
     [
         ({"x": {"arch": "a", "loss": ["ce", "kd"], "loss_options": {"beta": [2, 4]}}}, "beta applies to none of the losses"),
+        # an entry without lists is checked too: its student would fail only when its job runs
+        ({"x": {"arch": "a", "loss": "ce", "loss_options": {"beta": 2}}}, r"x\.loss_options\.beta applies to none of the losses \['ce'\]"),
         ({"x": {"arch": "a", "loss": "rld", "seed": []}}, "students.x.seed is an empty list"),
         ({"x": {"arch": "a", "loss": "rld", "seed": [1, 1]}}, "lists a value twice"),
+        # 2 and 2.0 are two YAML values but one name part (beta2)
+        ({"x": {"arch": "a", "loss": "rld", "loss_options": {"beta": [2, 2.0]}}}, r"x\.loss_options\.beta lists a value twice: \[2, 2\.0\]"),
         ({"x": {"arch": "a", "loss": "kd", "seed": [0]}, "x-s0": {"arch": "a", "loss": "ce"}}, "'x-s0' is produced twice"),
     ],
 )
 def test_bad_grids_fail_naming_the_entry(entries, message):
     with pytest.raises(ValueError, match=message):
         expand_students(entries)
+
+
+def test_every_listed_key_names_its_part_in_the_documented_order():
+    """loss, arch, store, then options alphabetically (whatever their order in the config), then
+    seed: a grid over stores must not give two students one name, and reordering a config's
+    keys must not rename (and so retrain) its students."""
+    students = expand_students({"x": {"arch": ["resnet8", "resnet14"], "store": ["pe", "pool"], "loss": ["kd", "rld"],
+                                      "seed": [0], "loss_options": {"warmup": [1, 2], "beta": [2, 4]}}})
+    assert len(students) == 2 * 2 * (1 + 4)
+    assert students["x-kd-resnet14-pool-s0"] == {"arch": "resnet14", "store": "pool", "loss": "kd", "seed": 0,
+                                                 "loss_options": {}}
+    assert students["x-rld-resnet8-pe-beta4-warmup1-s0"]["loss_options"] == {"warmup": 1, "beta": 4}
+    assert sorted(expand_students({"y": {"arch": "a", "loss": "kd", "store": ["pe", "pool"]}})) == ["y-pe", "y-pool"]

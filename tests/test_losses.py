@@ -483,6 +483,10 @@ def _good() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             lambda s, t, y: (s, t, y.clone().index_fill_(0, torch.tensor([5]), 12)),
             r"target 12 at row 5 is out of range for 10 classes",
         ),
+        (  # the first label past the end: labels counted from 1 instead of 0
+            lambda s, t, y: (s, t, y.clone().index_fill_(0, torch.tensor([5]), 10)),
+            r"target 10 at row 5 is out of range for 10 classes",
+        ),
         (
             lambda s, t, y: (s, t, y.clone().index_fill_(0, torch.tensor([2, 4]), -1)),
             r"target -1 at row 2 is out of range for 10 classes",

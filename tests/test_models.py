@@ -384,3 +384,43 @@ def test_pickled_objects_need_trust_except_argparse_namespace(tmp_path: Path) ->
     with pytest.raises(ValueError, match="odd.pth pickles .*PurePosixPath.*trusted=True"):
         models.load_weights(models.build("resnet8", 10), odd)
     assert models.load_weights(models.build("resnet8", 10), odd, trusted=True)["where"].name == "x"
+
+
+@pytest.mark.parametrize("name", ["resnet8x4", "resnet20", "ResNet18", "wrn_16_2", "vgg8", "MobileNetV2"])
+def test_convolutions_start_from_he_normal_with_fan_out(name: str) -> None:
+    """mdistiller's initial weights: every conv N(0, 2 / (k*k*out_channels)), CIFAR ResNets through
+    kaiming_normal_(fan_out), WRN/VGG/MobileNetV2 through normal_(0, sqrt(2/n)) (fill_deterministic_
+    overwrites them above, so only this checks them). A fan-in formula differs wherever a conv
+    changes the width: the stem (3 -> 16..64 channels, a factor 2.3-4.6 in std) and each stage's
+    first and shortcut convs (sqrt 2)."""
+    torch.manual_seed(0)
+    model = models.build(name, 100)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    for conv_name, conv in convs:
+        expected = math.sqrt(2.0 / (conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels))
+        # The std of N normal draws has a standard error of std / sqrt(2N); allow 6 of them.
+        bound = 6 / math.sqrt(2 * conv.weight.numel())
+        std = float(conv.weight.detach().std())
+        assert abs(std / expected - 1) < bound, (conv_name, std, expected)
+
+
+def test_a_teacher_file_keeps_its_input_channels_and_refuses_edited_weights(tmp_path: Path) -> None:
+    """A grey-scale (Fashion-MNIST) teacher is rebuilt with one input channel and computes what
+    it computed when saved; a file whose weights changed after saving (the recorded sha256 no
+    longer matches) is refused rather than silently used as "the" teacher of a store."""
+    from pipeline.teacher import Teacher, load_teacher
+
+    torch.manual_seed(0)
+    grey = models.build("resnet8", 10, in_channels=1).eval()
+    Teacher("resnet8", 10, 1, grey, {}, {}, {}, "test").save(tmp_path / "grey.pt")
+    loaded = load_teacher(tmp_path / "grey.pt")
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert loaded.in_channels == 1 and torch.equal(loaded.model(x), grey(x))
+
+    payload = torch.load(tmp_path / "grey.pt", weights_only=True)
+    payload["model"]["fc.bias"] = payload["model"]["fc.bias"] + 1e-3
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(ValueError, match=r"edited\.pt: weights hash \w+… differs from the recorded \w+…"):
+        load_teacher(tmp_path / "edited.pt")

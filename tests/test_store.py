@@ -99,6 +99,17 @@ def test_write_read_round_trip_and_completion(tmp_path):
     assert reopened.id == store_id(provenance())
 
 
+def test_a_missing_test_split_unit_leaves_the_store_incomplete(tmp_path):
+    """Every train unit done, one test-split unit not: a student would read NaN teacher test
+    logits (the fill value), so the store is neither complete nor marked so."""
+    store = make(tmp_path / "s.zarr")
+    fill(store, [u for u in store.units() if u != Unit(-1, 1)])
+    assert not store.complete and not store.mark_complete_if_done()
+    with pytest.raises(StoreError, match="incomplete: 1 of 8 write units missing"):
+        store.require_complete()
+    assert store.pending() == [Unit(-1, 1)]
+
+
 def test_shards_partition_the_units_and_resume_skips_done_ones(tmp_path):
     store = make(tmp_path / "s.zarr")
     shards = [store.pending((i, 3)) for i in range(3)]

@@ -189,13 +189,22 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
 
 
-def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher):
+def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher,
+                                                                                             monkeypatch):
     from pipeline.data import load_dataset
     from pipeline.inference import predict_test, topk_accuracy
 
     train_set, test_set = synth
     val_set = load_dataset(SYNTH, "val", val_split=4)
     spec = ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0)
+    seen = []  # the split each evaluation of the run is given, in order
+    evaluate = train_module.predict_test
+
+    def spy(model, images, *args, **kwargs):
+        seen.append("val" if images is val_set else "test" if images is test_set else "other")
+        return evaluate(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict_test", spy)
     summary = train(cfg(loss="ce", loss_options={}, epochs=4, milestones=()), train_set, test_set, ViewsOnly(spec),
                     tmp_path / "run", val_set=val_set, progress=False)
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -210,9 +219,68 @@ def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measur
     measured = topk_accuracy(predict_test(chosen.model, test_set, spec.family, device=torch.device("cpu")), test_set.labels)
     # same weights and views; approx's default 1e-6 covers float32 percentages of 40 samples
     assert best["top1"] == pytest.approx(measured["top1"]) and chosen.accuracy["top1"] == best["top1"]
+    # The validation split, every epoch, is what chose them; the test split is seen only after the
+    # last epoch: by the final weights, then by the chosen ones.
+    assert seen == ["val"] * 4 + ["test", "test"], seen
+    on_val = topk_accuracy(predict_test(chosen.model, val_set, spec.family, device=torch.device("cpu")), val_set.labels)
+    assert best["val_top1"] == pytest.approx(on_val["top1"])  # float32 percentages of 16 samples, as above
     assert summary["final"]["val_top1"] == val[-1] and summary["val_dataset"]["size"] == 16
     with pytest.raises(ValueError, match="needs val_split"):
         load_dataset(SYNTH, "val")
+
+
+def test_best_is_the_first_epoch_of_the_best_validation_top1_also_across_a_resume(tmp_path, synth, monkeypatch):
+    """Validation top-1 scripted per epoch as 50, 80, 80, 70 (the rest of each evaluation is
+    real): best.pt is epoch 2, the first of the two best, as `val.index(max(val))` above; a run
+    stopped after epoch 2 and resumed must still choose epoch 2, with the same weights."""
+    from pipeline.data import load_dataset
+
+    train_set, test_set = synth
+    val_set = load_dataset(SYNTH, "val", val_split=4)
+    script = {1: 50.0, 2: 80.0, 3: 80.0, 4: 70.0}
+    evaluate = train_module._evaluate
+
+    def scripted(run, images, family, prefix, model=None):
+        metrics = evaluate(run, images, family, prefix, model)
+        if prefix == "val":
+            metrics["val_top1"] = script[run.epoch]
+        return metrics
+
+    monkeypatch.setattr(train_module, "_evaluate", scripted)
+    views = ViewsOnly(ViewSpec.parse("per-epoch:4", default_family(train_set), seed=0))
+    run = cfg(loss="ce", loss_options={}, epochs=4, milestones=())
+    whole = train(run, train_set, test_set, views, tmp_path / "whole", val_set=val_set, progress=False)
+    train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False, stop_after=2)
+    resumed = train(run, train_set, test_set, views, tmp_path / "resumed", val_set=val_set, progress=False)
+    assert whole["best"]["epoch"] == 2 and whole["best"]["val_top1"] == 80.0, whole["best"]
+    assert resumed["best"] == whole["best"]
+    assert load_teacher(tmp_path / "resumed" / "best.pt").extra["epoch"] == 2
+    assert max_weight_delta(tmp_path / "whole" / "best.pt", tmp_path / "resumed" / "best.pt") == 0.0
+
+
+def test_each_epoch_replays_its_own_views_in_its_own_order(tmp_path, synth, store32, monkeypatch):
+    """Epoch e (from 0) visits every sample once, in epoch_order(seed, e), with the view of
+    slot e of a per-epoch store; no two epochs share an order."""
+    train_set, test_set = synth
+    n = len(train_set)
+    visits: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    check = train_module._check_inputs
+
+    def record(plan, indices, crc, epoch):
+        visits.setdefault(epoch, []).append((np.asarray(indices).copy(), plan.params[indices].copy()))
+        return check(plan, indices, crc, epoch)
+
+    monkeypatch.setattr(train_module, "_check_inputs", record)
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
+    assert sorted(visits) == [0, 1, 2]
+    orders = {}
+    for epoch, batches in visits.items():
+        order = np.concatenate([i for i, _ in batches])
+        assert np.array_equal(order, epoch_order(1, epoch, n)) and sorted(order) == list(range(n))
+        params = np.concatenate([p for _, p in batches])
+        assert np.array_equal(params, store32.read_slot("views", epoch)[order]), f"epoch {epoch + 1} replays other views"
+        orders[epoch] = tuple(order)
+    assert len(set(orders.values())) == 3
 
 
 def test_a_stale_checkpoint_is_refused_or_with_restart_stale_discarded(tmp_path, synth):
@@ -255,6 +323,20 @@ def test_learning_rate_schedule_counts_epochs_from_one():
     # float64 products of 0.1: approx's default 1e-6 covers their last-bit rounding
     assert [learning_rate(c, e) for e in (1, 150, 151, 181, 211, 240)] == pytest.approx(
         [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
+
+
+def test_an_epochs_loss_weighs_each_steps_mean_by_its_batch_size(tmp_path, synth):
+    """96 samples in batches of 40, 40 and 16: the epoch's loss is the mean over its samples,
+    sum(step mean x batch size) / 96, not a mean of the step means."""
+    train_set, test_set = synth
+    steps = []
+    train(cfg(loss="ce", loss_options={}, epochs=1, batch_size=40), train_set, test_set,
+          ViewsOnly(ViewSpec.parse("per-epoch:1", default_family(train_set), seed=0)), tmp_path / "run",
+          progress=False, on_step=lambda epoch, step, terms: steps.append(terms["total"]))
+    row = json.loads((tmp_path / "run" / "metrics.json").read_text())[0]
+    expected = (40 * steps[0] + 40 * steps[1] + 16 * steps[2]) / 96
+    # the run sums float32 products of 3 steps (a few ulps, ~3e-7 relative): 1e-6 covers them
+    assert len(steps) == 3 and row["loss_total"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_store_needs_the_teacher_for_distillation(tmp_path, synth):
@@ -346,6 +428,60 @@ def test_student_refuses_an_incomplete_store(tmp_path, store32):
 
 
 # ---------------------------------------------------------------------------------------
+# What a student trains on (pipeline/student.py)
+
+
+def test_a_store_student_takes_its_data_and_epochs_from_the_store(tmp_path, teacher):
+    """A store of 2 views per sample of the first 5 training samples of each class left after
+    holding out the last 4 for validation, and of the first 3 test samples: a student naming
+    only the store trains on exactly those samples, selects on those 16 validation samples
+    (the test subset comes from the store's test record, not its training record), and trains
+    2 epochs unless told otherwise."""
+    from pipeline.data import load_dataset, load_splits
+    from pipeline.student import DataRequest, student_inputs
+
+    train_set, test_set = load_splits(SYNTH, subset=5, test_subset=3, val_split=4)
+    path = tmp_path / "sub.zarr"
+    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:2", "crop", seed=5), path, dtype="float32",
+         progress=False)
+    inputs = student_inputs("kd", DataRequest(), store_path=str(path))
+    assert inputs.train_set.fingerprint == train_set.fingerprint and inputs.test_set.fingerprint == test_set.fingerprint
+    assert inputs.val_set.fingerprint == load_dataset(SYNTH, "val", val_split=4).fingerprint
+    assert (len(inputs.train_set), len(inputs.val_set), len(inputs.test_set), inputs.epochs) == (20, 16, 12, 2)
+    assert isinstance(inputs.signal, StoreSignal) and inputs.signal.spec.seed == 5
+    assert student_inputs("kd", DataRequest(), store_path=str(path), epochs=5).epochs == 5
+
+
+def test_without_a_store_the_views_are_seeded_by_the_student_seed_unless_given():
+    """Students of seeds 0, 1, 2 see views of their own (as they would from per-seed stores);
+    --view-seed overrides, and an epoch count is the paper's 240 unless given."""
+    from pipeline.student import DEFAULT_EPOCHS, DataRequest, student_inputs
+
+    data = DataRequest(dataset=SYNTH)
+    default = student_inputs("ce", data, seed=3, epochs=2)
+    assert (default.signal.spec.seed, default.signal.spec.policy, default.signal.spec.num_slots, default.epochs) == (
+        3, "per-epoch", 2, 2)
+    pool = student_inputs("ce", data, seed=3, views="pool:4")
+    assert (pool.signal.spec.seed, pool.signal.spec.num_slots, pool.epochs) == (3, 4, DEFAULT_EPOCHS)
+    assert student_inputs("ce", data, seed=3, views="pool:4", view_seed=7).signal.spec.seed == 7
+
+
+def test_an_online_teacher_must_be_the_teacher_of_the_store(tmp_path, teacher_file, store32):
+    """--online-teacher with --logits computes the store's logits again; another teacher's
+    (here the same one with one bias changed) would silently distil from other logits."""
+    from pipeline.student import DataRequest, student_inputs
+
+    other = load_teacher(teacher_file)
+    with torch.no_grad():
+        other.model.fc.bias[0] += 1.0
+    other.save(tmp_path / "other.pt")
+    with pytest.raises(StoreError, match=r"teacher\.weights_sha256: store has"):
+        student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(tmp_path / "other.pt"))
+    same = student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(teacher_file))
+    assert isinstance(same.signal, OnlineSignal)
+
+
+# ---------------------------------------------------------------------------------------
 # Through the CLI, as a user or Snakemake runs it
 
 
@@ -371,11 +507,21 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
     fails(*STUDENT, "--loss", "rld", "--dataset", SYNTH, "--out", str(tmp_path / "g"), match="needs a teacher")
     fails(*STUDENT, *logits, "--same-t", "--alpha-temperature", "2", "--out", str(tmp_path / "h"),
           match="--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
-    assert not any((tmp_path / n).exists() for n in "abcdefgh")
+    fails(*STUDENT, *logits, "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path / "i"),
+          match="fp16 autocast is for CUDA; use bf16 on CPU")
+    assert not any((tmp_path / n).exists() for n in "abcdefghi")
     # teacher import only evaluates: it has no training or view-building options to ignore
     result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(teacher_file), "--dataset", SYNTH,
                  "--channels-last", "--out", str(tmp_path / "t.pt"))
     assert result.exit_code == 2 and "No such option '--channels-last'" in result.stderr
+
+
+def test_same_t_gives_the_scd_part_the_temperature_given_with_T(tmp_path, store32):
+    """--same-t is the official code's flag: SCD uses the MCD temperature, the one -T gives."""
+    result = cli(*STUDENT, "--logits", str(store32.path), "--loss", "rld", "--same-t", "-T", "2", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    options = json.loads((tmp_path / "s" / "config.json").read_text())["config"]["loss_options"]
+    assert options["temperature"] == 2.0 and options["alpha_temperature"] == 2.0, options
 
 
 def test_cli_defaults_make_store_and_online_teacher_students_bitwise_equal(tmp_path, teacher_file):
@@ -476,6 +622,48 @@ def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "intact" / "metrics.json").read_text())
     np.testing.assert_allclose([r["loss_total"] for r in two], [r["loss_total"] for r in one], rtol=1e-5)
+
+
+def test_each_rank_takes_the_part_of_a_batch_of_its_global_rank():
+    """Under torchrun on two nodes of two GPUs the local ranks are 0, 1, 0, 1: slicing by them
+    would train on the first half of every batch twice and never on the second half."""
+    from pipeline.distributed import World, rank_slice
+
+    parts = [rank_slice(np.arange(10), World(rank=r, size=4, local_rank=r % 2)) for r in range(4)]
+    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+
+
+def test_global_batchnorm_on_two_identical_ranks_is_batchnorm_of_their_concatenated_batch(monkeypatch):
+    """GlobalBatchNorm2d's arithmetic without processes: with dist.all_reduce doubling its input,
+    as a sum over two ranks holding the same batch would, each rank's output, gradient and
+    running statistics are nn.BatchNorm2d's on both batches together. The batch is 2 samples of
+    2x2 pixels, 16 values per channel over both ranks: the unbiased running variance (x 16/15)
+    is 7% from the biased one, where the DDP test's 3136-value channels put it within tolerance."""
+    import torch.distributed as dist
+
+    from pipeline.distributed import GlobalBatchNorm2d
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))
+    torch.manual_seed(0)
+    x = (torch.randn(2, 3, 2, 2) * 3 + 5).requires_grad_()
+    both = torch.cat([x.detach(), x.detach()]).requires_grad_()
+    weights = torch.randn(2, 3, 2, 2)  # a loss that weighs every output differently
+    bn, ref = GlobalBatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        for m in (bn, ref):
+            m.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+            m.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
+    y, y_ref = bn(x), ref(both)
+    (y * weights).sum().backward()
+    (y_ref * torch.cat([weights, weights])).sum().backward()
+    # float32 results of float64 (here) and float32 (there) sums of 16 values: a few ulps,
+    # ~1e-6 relative; 1e-5 is ten times that
+    torch.testing.assert_close(y, y_ref[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, both.grad[:2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

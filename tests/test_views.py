@@ -56,6 +56,11 @@ def test_crop_params_cover_torchvision_range_uniformly():
     # Binomial noise: a bin's count has sd 94 (5% is 5.3 sd), the flip mean sd 0.0017 (0.01 is 6 sd).
     assert counts.min() > 0.95 * 10_000 and counts.max() < 1.05 * 10_000
     assert abs(flip.mean() - 0.5) < 0.01
+    # Jointly too: every one of the 9 x 9 x 2 views, equally often (top, left and flip drawn
+    # independently; a left copied from top's bits would leave 18). 555.6 expected per view,
+    # binomial sd 23.5: 25% is 5.9 sd (measured 483-610).
+    joint = np.bincount((top.astype(np.int64) * 9 + left) * 2 + flip, minlength=162)
+    assert len(joint) == 162 and joint.min() > 0.75 * 90_000 / 162 and joint.max() < 1.25 * 90_000 / 162
 
 
 def test_crop_matches_torchvision_random_crop_and_flip(images):
@@ -153,6 +158,23 @@ def test_fashion_mnist_size_images_are_padded_to_32_with_the_same_162_views():
     assert view.shape == (1, 32, 32) and torch.equal(view[:, :28, :28], image)
     with pytest.raises(ValueError, match="at most 32 px"):
         family.apply(torch.zeros(3, 40, 40, dtype=torch.uint8), np.array([0, 0, 0]))
+
+
+def test_recorded_parameters_map_to_fixed_views():
+    """A store records parameters, not pixels, and a family's version promises that the same
+    parameters give the same view. Two mappings no distribution test can see (either choice
+    draws the same distribution), pinned by hand:
+    - an image smaller than the crop is padded as torchvision's CenterCrop pads it (an odd
+      margin's extra pixel on the right and bottom);
+    - in resized-crop, u picks the row and v the column: scale 0.25 of 100 x 200 at ratio 1 is
+      71 x 71 px (round(sqrt(5000))); u = 0.5 -> int(0.5 * 30) = 15, v = 0.25 -> int(0.25 * 130) = 32.
+    """
+    image = torch.randint(1, 256, (1, 29, 31), dtype=torch.uint8)
+    assert torch.equal(CropFlip(32, 4).test_view(image), TF.center_crop(image, [32, 32]))
+    family = ResizedCropFlip(size=32)
+    params = np.zeros(len(family.param_names), np.float32)
+    params[0], params[1], params[-3], params[-2] = 0.25, 0.0, 0.5, 0.25  # scale0, log_ratio0, u, v
+    assert family.box(100, 200, params) == (15, 32, 71, 71)
 
 
 def test_student_slot_draws():

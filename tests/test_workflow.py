@@ -127,6 +127,7 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c["stores"]["t8-pe"].update(views="every"), "'every' does not match"),
         (lambda c: c["students"]["a"].update(store="nope"), "students.a.store 'nope' is not one of stores"),
         (lambda c: c["students"]["a"]["loss_options"].update(betta=2), "'betta' was unexpected"),
+        (lambda c: c["students"]["b"].update(loss_options={"beta": 2}), "students.b.loss_options.beta applies to none of the losses ['ce']"),
     ],
 )
 def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, message):
