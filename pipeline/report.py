@@ -20,9 +20,9 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "seed", "epochs", "val_top1", "final_top1",
+COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "views", "seed", "epochs", "val_top1", "final_top1",
            "final_top5", "delta_vs_ce", "best_epoch", "best_val_top1", "best_top1", "teacher_agreement", "images_per_s")
-GROUP_COLUMNS = ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "runs", "seeds", "val_top1",
+GROUP_COLUMNS = ("teacher", "teacher_top1", "arch", "loss", "options", "views", "epochs", "runs", "seeds", "val_top1",
                  "val_top1_std", "final_top1", "final_top1_std", "delta_vs_ce", "delta_vs_ce_std", "delta_positive",
                  "pairs", "teacher_agreement", "chosen")
 # Recipe fields that change what a run computes (device, workers, batch size of evaluation do not).
@@ -62,6 +62,13 @@ def _shown_options(run: dict[str, Any]) -> dict[str, str]:
             if k != "logit_stand" or v}
 
 
+def _views(run: dict[str, Any]) -> str:
+    """The student's views as a store names them: 'per-epoch:20', 'pool:5', 'exhaustive'."""
+    views = run["signal"].get("views") or {}
+    policy = views.get("policy", "-")
+    return f"{policy}:{views['count']}" if views.get("count") else policy
+
+
 def row(run: dict[str, Any]) -> dict[str, Any]:
     """The table row of one run (keys starting with '_' are for grouping, not shown)."""
     teacher = run["signal"].get("teacher") or {}
@@ -77,6 +84,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "arch": run["arch"],
         "loss": run["loss"],
         "options": options,
+        "views": _views(run),
         "seed": run["seed"],
         "epochs": run["epochs"],
         "val_top1": run["final"].get("val_top1"),
@@ -117,7 +125,7 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         buckets.setdefault(r["_group"], []).append(r)
     out = []
     for members in buckets.values():
-        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "epochs", "_family",
+        g = {c: members[0][c] for c in ("teacher", "teacher_top1", "arch", "loss", "options", "views", "epochs", "_family",
                                         "_options")}
         g["runs"] = len(members)
         g["members"] = [m["_folder"] for m in members]
@@ -143,12 +151,15 @@ def _by_family(grouped: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 
 def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
-    """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2')."""
+    """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2'),
+    and the views where the report holds students of several ('rld pool:5')."""
+    several_views = len({g["views"] for g in grouped}) > 1
     for members in _by_family(grouped):
         options = [m["_options"] for m in members]
         varying = sorted({k for o in options for k in o if len({p.get(k) for p in options}) > 1})
         for m in members:
-            m["label"] = " ".join([m["loss"], *(f"{k}={m['_options'].get(k, '-')}" for k in varying)])
+            m["label"] = " ".join([m["loss"], *(f"{k}={m['_options'].get(k, '-')}" for k in varying),
+                                   *([m["views"]] if several_views else [])])
 
 
 def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
@@ -192,26 +203,27 @@ def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], 
                "initialisation, data order and views). best = the epoch with the best validation top-1, "
                "and its test top-1. agreement = % of test images where the student's top-1 equals the teacher's.",
              ""]
-    lines.append("| student | teacher (top-1) | arch | loss | options | seed | epochs | val top-1 | test top-1 | test top-5 "
-                 "| Δ CE | best epoch: val → test | agreement | img/s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| student | teacher (top-1) | arch | loss | options | views | seed | epochs | val top-1 | test top-1 "
+                 "| test top-5 | Δ CE | best epoch: val → test | agreement | img/s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = f"{r['best_epoch']}: {_fmt(r['best_val_top1'])} → {_fmt(r['best_top1'])}" if r["best_epoch"] else "-"
         lines.append(
             f"| {r['name']} | {r['teacher']} ({_fmt(r['teacher_top1'])}) | {r['arch']} | {r['loss']} | {r['options']} | "
-            f"{r['seed']} | {r['epochs']} | {_fmt(r['val_top1'])} | {_fmt(r['final_top1'])} | {_fmt(r['final_top5'])} | "
+            f"{r['views']} | {r['seed']} | {r['epochs']} | {_fmt(r['val_top1'])} | {_fmt(r['final_top1'])} | {_fmt(r['final_top5'])} | "
             f"{_fmt(r['delta_vs_ce'], signed=True)} | {best} | {_fmt(r['teacher_agreement'])} | {_fmt(r['images_per_s'], 0)} |"
         )
     if any(g["runs"] > 1 or g["pairs"] for g in grouped):
         lines += ["", "## Mean ± std over seeds, and the paired difference to CE", "",
                   "Δ CE > 0 counts the seeds where the student beats the CE student of its seed. "
                   "✓ marks the option set chosen on validation top-1 among those run for that loss.", "",
-                  "| teacher | arch | loss | options | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 | agreement |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| teacher | arch | loss | options | views | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 "
+                  "| agreement |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for g in grouped:
             mark = " ✓" if g["chosen"] else ""
             lines.append(
-                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']}{mark} | {g['seeds']} | "
+                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']}{mark} | {g['views']} | {g['seeds']} | "
                 f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
                 f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | "
                 f"{_positive(g)} | {_pm(g['teacher_agreement'], g['teacher_agreement_std'])} |"
@@ -220,11 +232,11 @@ def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], 
     chosen = [g for members in _by_family(grouped) for g in members if g["chosen"] or len(members) == 1]
     if any(g["chosen"] for g in grouped):
         lines += ["", "## One setting per loss, chosen on validation", "",
-                  "| teacher | arch | loss | options | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| teacher | arch | loss | options | views | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for g in chosen:
             lines.append(
-                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']} | {g['seeds']} | "
+                f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']} | {g['views']} | {g['seeds']} | "
                 f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
                 f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | {_positive(g)} |"
             )

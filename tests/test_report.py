@@ -87,6 +87,10 @@ def test_runs_that_differ_in_views_recipe_or_teacher_are_not_averaged_or_paired(
     assert sorted(g["runs"] for g in grouped) == ["1", "1", "1", "1", "1"]
     # The only CE run has another recipe than every distilled run of its seed: nothing is paired.
     assert all(r["delta_vs_ce"] == "" for r in rows)
+    # Each row and group names its views (students of two stores would otherwise read alike).
+    assert {r["name"]: r["views"] for r in rows} == {"a": "exhaustive", "b": "per-epoch:3", "c": "exhaustive",
+                                                    "ce": "exhaustive", "d": "exhaustive"}
+    assert sorted(g["views"] for g in grouped) == ["exhaustive"] * 4 + ["per-epoch:3"]
 
 
 def test_an_option_grid_is_chosen_on_validation_never_on_test(tmp_path):
@@ -98,8 +102,8 @@ def test_an_option_grid_is_chosen_on_validation_never_on_test(tmp_path):
     chosen = {g["options"]: g["chosen"] for g in grouped if g["loss"] == "rld"}
     assert chosen == {"ce_weight=1 beta=2": "True", "ce_weight=1 beta=8": "False"}
     section = md.split("## One setting per loss, chosen on validation")[1]
-    assert "| rld | ce_weight=1 beta=2 | 0,1 | 75.00 ± 0.00 | 70.00 ± 0.00 | +4.00 ± 0.00 | 2/2 |" in section
-    assert "beta=8" not in section and "| ce | ce_weight=1 | 0,1 |" in section
+    assert "| rld | ce_weight=1 beta=2 | exhaustive | 0,1 | 75.00 ± 0.00 | 70.00 ± 0.00 | +4.00 ± 0.00 | 2/2 |" in section
+    assert "beta=8" not in section and "| ce | ce_weight=1 | exhaustive | 0,1 |" in section
 
 
 def test_report_refuses_an_unfinished_student(tmp_path):
