@@ -38,6 +38,10 @@ PAPER_RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "w
 # is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
 TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), expand_students(config["students"])
 REPORT = config.get("report_dir", "reports")
+# Students are named by their config entry, so two configs can both have a resnet8x4-ce-s0
+# trained on different data; each preset keeps its students in a folder of its own, or
+# running one would retrain (and so delete) the other's students of the same name.
+STUDENTS_DIR = config.get("students_dir", "students")
 
 
 def per_job(key, default):
@@ -171,7 +175,7 @@ def student_args(wildcards):
 
 rule all:
     input:
-        expand("students/{name}", name=STUDENTS),
+        expand(f"{STUDENTS_DIR}/{{name}}", name=STUDENTS),
         f"{REPORT}/summary.md",
 
 
@@ -230,20 +234,20 @@ rule store_manifest:
 
 
 rule student:
-    """Train in students/.work/NAME (checkpoints survive a failed job), then move into place.
+    """Train in STUDENTS_DIR/.work/NAME (checkpoints survive a failed job), then move into place.
     A checkpoint left there by an older config of NAME is stale: Snakemake reruns the job
     because the config changed, so the student starts over (--restart-stale)."""
     input:
         student_inputs,
     output:
-        directory("students/{name}"),
+        directory(f"{STUDENTS_DIR}/{{name}}"),
     log:
-        "logs/student/{name}.log",
+        f"logs/{STUDENTS_DIR}/{{name}}.log",
     benchmark:
-        "benchmarks/student/{name}.tsv"
+        f"benchmarks/{STUDENTS_DIR}/{{name}}.tsv"
     params:
         args=student_args,
-        work="students/.work/{name}",
+        work=f"{STUDENTS_DIR}/.work/{{name}}",
     threads: THREADS["student"]
     resources:
         # One torchrun rank per GPU, each with `threads` intra-op threads, all on one node
@@ -260,7 +264,7 @@ rule student:
 
 rule report:
     input:
-        expand("students/{name}", name=STUDENTS),
+        expand(f"{STUDENTS_DIR}/{{name}}", name=STUDENTS),
     output:
         f"{REPORT}/summary.md",
         f"{REPORT}/summary.csv",

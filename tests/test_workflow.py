@@ -106,6 +106,22 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
 
 
+def test_a_config_with_its_own_students_dir_plans_there_and_leaves_same_named_students_alone(tmp_path):
+    """Two configs that both name a student `b`: without folders of their own, running the second
+    would retrain (and so delete) the first's students/b, since its command changed."""
+    wd = workflow_dir(tmp_path, TINY)
+    (wd / "students/b").mkdir(parents=True)
+    (wd / "config/other.yaml").write_text(json.dumps({**TINY, "students_dir": "students/other",
+                                                      "recipe": {**TINY["recipe"], "epochs": 3}}))
+    dry = snakemake(wd, "--dry-run", "--printshellcmds", "--configfile", "config/other.yaml").stdout
+    trains = [line for line in dry.splitlines() if "student train" in line]
+    assert len(trains) == len(expand_students(TINY["students"])), dry[-3000:]
+    b = next(line for line in trains if "--loss ce" in line)
+    assert "--out students/other/.work/b > logs/students/other/b.log" in b and "mv students/other/.work/b students/other/b" in b
+    assert not any(re.search(r"\bstudents/b\b", line) for line in dry.splitlines()), "the default config's student was planned"
+    assert planned_jobs(wd, "students/b") == {}  # the default config's students/b stays built
+
+
 PRESETS = sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "schema.yaml")
 
 
@@ -128,6 +144,8 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c["students"]["a"].update(store="nope"), "students.a.store 'nope' is not one of stores"),
         (lambda c: c["students"]["a"]["loss_options"].update(betta=2), "'betta' was unexpected"),
         (lambda c: c["students"]["b"].update(loss_options={"beta": 2}), "students.b.loss_options.beta applies to none of the losses ['ce']"),
+        (lambda c: c.update(students_dir="../elsewhere"), "'../elsewhere' does not match"),
+        (lambda c: c.update(students_dir="students/.work"), "'students/.work' does not match"),
     ],
 )
 def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, message):
