@@ -9,6 +9,7 @@ failed job's outputs, and a killed dump or student must keep what it finished.
     snakemake --cores 8 --configfile config/cifar100.yaml
 """
 
+import difflib
 import shlex
 import sys
 
@@ -75,6 +76,18 @@ TRAIN_STUDENT = on_gpus(GPUS) + (
 )
 
 
+def named(table, kind, name):
+    """The config entry of a target's name: a typo in `snakemake students/NAME` gets the config's
+    names and the closest ones, not a KeyError from inside a rule."""
+    if name not in table:
+        names = sorted(table)
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(f"no {kind} {name!r} in this config (its {kind}s: {shown or 'none'}){hint}")
+    return table[name]
+
+
 def check_references():
     for name, store in STORES.items():
         if store["teacher"] not in TEACHERS:
@@ -124,7 +137,7 @@ def recipe_args(own):
 
 
 def teacher_command(wildcards):
-    t = TEACHERS[wildcards.teacher]
+    t = named(TEACHERS, "teacher", wildcards.teacher)
     if t.get("weights"):
         return f"teacher import --arch {q(t['arch'])} --weights {q(t['weights'])} {dataset_args()} {runtime_args()}"
     data = dataset_args(**({"subset": t["subset"]} if "subset" in t else {}))
@@ -132,7 +145,7 @@ def teacher_command(wildcards):
 
 
 def store_shards(store):
-    n = STORES[store].get("shards", 1)
+    n = named(STORES, "store", store).get("shards", 1)
     return [f"cache/logits/{store}.shards/{i}-of-{n}.done" for i in range(n)]
 
 
@@ -147,7 +160,7 @@ def dump_args(wildcards):
 
 
 def student_inputs(wildcards):
-    store = STUDENTS[wildcards.name].get("store")
+    store = named(STUDENTS, "student", wildcards.name).get("store")
     return [f"cache/logits/{store}.json"] if store else []
 
 
@@ -201,7 +214,7 @@ rule dump_shard:
     """One shard of a store. The marker, not the store, is the output: a failed or killed
     shard keeps its finished write units, and the rerun computes only the rest."""
     input:
-        teacher=lambda wc: f"teachers/{STORES[wc.store]['teacher']}.pt",
+        teacher=lambda wc: f"teachers/{named(STORES, 'store', wc.store)['teacher']}.pt",
     output:
         touch("cache/logits/{store}.shards/{shard}-of-{shards}.done"),
     log:

@@ -156,6 +156,23 @@ def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, mess
     assert message in proc.stdout + proc.stderr, proc.stderr[-2000:]
 
 
+@pytest.mark.parametrize(
+    ("target", "message", "close"),
+    [
+        ("students/c-s3", "no student 'c-s3' in this config (its students: a, b, c-s1, c-s2); did you mean", {"c-s1", "c-s2"}),
+        ("teachers/t88.pt", "no teacher 't88' in this config (its teachers: t8); did you mean", {"t8"}),
+        ("cache/logits/t8-p.json", "no store 't8-p' in this config (its stores: t8-pe); did you mean", {"t8-pe"}),
+    ],
+)
+def test_a_target_naming_no_entry_of_the_config_fails_with_the_names_it_has(tmp_path, target, message, close):
+    proc = snakemake(workflow_dir(tmp_path, TINY), "--dry-run", target, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert message in out, out[-2000:]
+    suggested = re.search(r"did you mean (.*)\?", out)[1]
+    assert set(suggested.split(" or ")) == close
+
+
 def test_a_killed_dump_keeps_its_finished_units_and_the_rerun_completes(tmp_path, teacher_file):
     config = {**TINY, "teachers": {"t8": {"arch": "resnet8", "weights": str(teacher_file)}},
               "stores": {"big": {"teacher": "t8", "views": "per-epoch:6", "dtype": "float32", "shards": 1,
