@@ -88,7 +88,7 @@ def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dic
     the highest seed; loss options not chosen on validation drawn faint; each teacher's test
     accuracy dashed. 36 runs make 12 readable lines rather than 36 tangled ones."""
     by_folder = {r["folder"]: r for r in runs}
-    several_settings = len({(g["teacher"], g["arch"]) for g in groups}) > 1
+    several_archs = len({g["arch"] for g in groups}) > 1  # the labels name the teacher where several distil
     fig, ax = plt.subplots(figsize=(8, 5))
     teachers: dict[str, float] = {}
     splits = set()
@@ -100,16 +100,15 @@ def plot_student_comparison(runs: Sequence[dict[str, Any]], groups: Sequence[dic
         length = min(len(c) for c in curves)
         epochs = [e for e, _ in curves[0][:length]]
         values = np.array([[v for _, v in c[:length]] for c in curves])
-        label = (f"{g['arch']} <- {g['teacher']}: " if several_settings else "") + g["label"]
+        label = (f"{g['arch']}: " if several_archs else "") + g["label"]
         faint = g["passed_over"]
         (line,) = ax.plot(epochs, values.mean(0), alpha=0.35 if faint else 1.0, linewidth=1 if faint else 1.8,
                           label=label + (f" ({len(members)} seeds)" if len(members) > 1 else ""))
         if len(members) > 1:
             ax.fill_between(epochs, values.min(0), values.max(0), color=line.get_color(), alpha=0.06 if faint else 0.15)
-        for m in members:
-            top1 = m.get("teacher_test", {}).get("top1")
-            if top1 is not None:
-                teachers[m["signal"]["teacher"]["arch"]] = top1
+        top1 = members[0].get("teacher_test", {}).get("top1")
+        if top1 is not None:
+            teachers[g["teacher"]] = top1
     for name, top1 in teachers.items():
         ax.axhline(top1, linestyle="--", color="gray")
         ax.annotate(f"teacher {name} (test): {top1:.2f}", (0, top1), xycoords=("axes fraction", "data"),

@@ -56,6 +56,22 @@ def _teacher_sha(run: dict[str, Any]) -> str | None:
     return None if run["loss"] == "ce" else (run["signal"].get("teacher") or {}).get("weights_sha256")
 
 
+def _teacher_name(run: dict[str, Any]) -> str:
+    """The teacher as the workflow names it (the stem of teachers/NAME.pt), else its architecture."""
+    teacher = run["signal"].get("teacher") or {}
+    return Path(teacher["file"]).stem if teacher.get("file") else teacher.get("arch", "-")
+
+
+def _tell_teachers_apart(rows: Sequence[dict[str, Any]]) -> None:
+    """Two teachers sharing a name (the same file name in two folders) get their weights' sha too."""
+    weights: dict[str, set] = {}
+    for r in rows:
+        weights.setdefault(r["teacher"], set()).add(r["_teacher_weights"])
+    for r in rows:
+        if len(weights[r["teacher"]]) > 1 and r["_teacher_weights"]:
+            r["teacher"] = f"{r['teacher']}@{r['_teacher_weights'][:8]}"
+
+
 def _shown_options(run: dict[str, Any]) -> dict[str, str]:
     """The loss options as the tables print them (logit_stand only when on)."""
     return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in run["loss_options"].items()
@@ -79,7 +95,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": run["name"],
         "_folder": run["folder"],
-        "teacher": teacher.get("arch", "-"),
+        "teacher": _teacher_name(run),
         "teacher_top1": run.get("teacher_test", {}).get("top1"),
         "arch": run["arch"],
         "loss": run["loss"],
@@ -97,6 +113,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "teacher_agreement": run["final"].get("teacher_agreement"),
         "images_per_s": run["images_per_s"],
         "_setting": where,
+        "_teacher_weights": teacher.get("weights_sha256"),
         "_family": (where, _teacher_sha(run), run["loss"]),
         "_group": (where, _teacher_sha(run), run["loss"], options),
         "_options": shown,
@@ -152,14 +169,17 @@ def _by_family(grouped: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def _label_by_what_varies(grouped: Sequence[dict[str, Any]]) -> None:
     """`label`: the loss plus the options that differ among the groups of its family (e.g. 'rld beta=2'),
-    and the views where the report holds students of several ('rld pool:5')."""
+    the views where the report holds students of several ('rld pool:5'), and the teacher where
+    students of several teachers distil ('rld <- resnet20-8k'; CE has none)."""
     several_views = len({g["views"] for g in grouped}) > 1
+    several_teachers = len({g["teacher"] for g in grouped if g["loss"] != "ce"}) > 1
     for members in _by_family(grouped):
         options = [m["_options"] for m in members]
         varying = sorted({k for o in options for k in o if len({p.get(k) for p in options}) > 1})
         for m in members:
             m["label"] = " ".join([m["loss"], *(f"{k}={m['_options'].get(k, '-')}" for k in varying),
-                                   *([m["views"]] if several_views else [])])
+                                   *([m["views"]] if several_views else []),
+                                   *([f"<- {m['teacher']}"] if several_teachers and m["loss"] != "ce" else [])])
 
 
 def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
@@ -258,7 +278,9 @@ def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path) -> dic
     runs = [load_run(d) for d in student_dirs]
     if not runs:
         raise ValueError("no students to report")
-    rows = sorted((row(r) for r in runs), key=lambda r: (r["teacher"], r["arch"], r["loss"], r["options"], r["seed"], r["name"]))
+    rows = [row(r) for r in runs]
+    _tell_teachers_apart(rows)
+    rows.sort(key=lambda r: (r["teacher"], r["arch"], r["loss"], r["options"], r["seed"], r["name"]))
     pair_with_ce(rows)
     grouped = groups(rows)
     out = Path(out_dir)

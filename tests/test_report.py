@@ -18,7 +18,7 @@ VIEWS = {"policy": "exhaustive", "count": None, "seed": 0, "family": {"kind": "c
 
 def fake_run(folder: Path, name: str, loss: str, seed: int, test: float, val: float | None = None, *,
              beta: float = 8.0, views: dict | None = None, lr: float = 0.05, teacher_top1: float = 80.0,
-             teacher_sha: str = "f" * 64) -> Path:
+             teacher_sha: str = "f" * 64, teacher_file: str | None = None) -> Path:
     """A finished student folder with the files the report reads."""
     out = folder / name
     out.mkdir(parents=True)
@@ -32,7 +32,8 @@ def fake_run(folder: Path, name: str, loss: str, seed: int, test: float, val: fl
         "name": name, "arch": "resnet8x4", "loss": loss, "seed": seed, "epochs": 3, "loss_options": options,
         "config": {**RECIPE, "lr": lr, "seed": seed, "loss": loss},
         "signal": {"kind": "store", "store_id": "abc", "views": views or VIEWS,
-                   "teacher": {"arch": "resnet32x4", "weights_sha256": teacher_sha}},
+                   "teacher": {"arch": "resnet32x4", "weights_sha256": teacher_sha,
+                               **({"file": teacher_file} if teacher_file else {})}},
         "dataset": {"fingerprint": "train"}, "val_dataset": {"fingerprint": "val", "size": 1000} if val is not None else None,
         "test_dataset": {"fingerprint": "test", "size": 2000},
         "teacher_test": {"top1": teacher_top1, "top5": 99.5},
@@ -91,6 +92,35 @@ def test_runs_that_differ_in_views_recipe_or_teacher_are_not_averaged_or_paired(
     assert {r["name"]: r["views"] for r in rows} == {"a": "exhaustive", "b": "per-epoch:3", "c": "exhaustive",
                                                     "ce": "exhaustive", "d": "exhaustive"}
     assert sorted(g["views"] for g in grouped) == ["exhaustive"] * 4 + ["per-epoch:3"]
+
+
+def test_teachers_of_one_architecture_are_told_apart_by_name_in_tables_and_labels(tmp_path):
+    from pipeline.report import _tell_teachers_apart, groups, load_run, pair_with_ce, row
+
+    strong, weak = {"teacher_file": "teachers/resnet20.pt"}, {"teacher_file": "teachers/resnet20-8k.pt",
+                                                              "teacher_sha": "e" * 64, "teacher_top1": 84.0}
+    runs = [fake_run(tmp_path, f"rld-{t}-s{s}", "rld", s, 70.0 + s, **kw)
+            for t, kw in (("strong", strong), ("weak", weak)) for s in (0, 1)]
+    runs += [fake_run(tmp_path, f"ce-s{s}", "ce", s, 66.0, **strong) for s in (0, 1)]
+    md, rows, grouped = report(tmp_path, runs)
+    assert {r["name"]: r["teacher"] for r in rows if r["loss"] == "rld"} == {
+        "rld-strong-s0": "resnet20", "rld-strong-s1": "resnet20", "rld-weak-s0": "resnet20-8k", "rld-weak-s1": "resnet20-8k"}
+    assert "| rld-weak-s0 | resnet20-8k (84.00) |" in md
+    assert sorted((g["teacher"], g["runs"], g["pairs"]) for g in grouped if g["loss"] == "rld") == [
+        ("resnet20", "2", "2"), ("resnet20-8k", "2", "2")]  # CE ignores the teacher: it pairs with both
+
+    # The plots' labels (one curve or bar per group) name the teacher where several distil.
+    table = [row(load_run(p)) for p in runs]
+    _tell_teachers_apart(table)
+    pair_with_ce(table)
+    assert sorted(g["label"] for g in groups(table)) == ["ce", "rld <- resnet20", "rld <- resnet20-8k"]
+
+    # The same file name in two folders, other weights: the sha tells them apart.
+    again = [fake_run(tmp_path / "x", "a", "rld", 0, 70.0, teacher_file="run1/teacher.pt"),
+             fake_run(tmp_path / "x", "b", "rld", 0, 70.0, teacher_file="run2/teacher.pt", teacher_sha="e" * 64)]
+    table = [row(load_run(p)) for p in again]
+    _tell_teachers_apart(table)
+    assert sorted(r["teacher"] for r in table) == ["teacher@eeeeeeee", "teacher@ffffffff"]
 
 
 def test_an_option_grid_is_chosen_on_validation_never_on_test(tmp_path):
