@@ -290,5 +290,6 @@ rule report:
         mem_mb=2000,  # tables and plots from the students' metrics files, 1 core
     params:
         out=REPORT,
+        versus="".join(f" --versus {loss}" for loss in config.get("report_versus", [])),
     shell:
-        "{RLD} report {input} --out {params.out} > {log} 2>&1"
+        "{RLD} report {input} --out {params.out}{params.versus} > {log} 2>&1"

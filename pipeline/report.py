@@ -152,6 +152,7 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         deltas = [m["delta_vs_ce"] for m in members if m["delta_vs_ce"] is not None]
         g["pairs"], g["delta_positive"] = len(deltas), sum(d > 0 for d in deltas)
         g["deltas"] = deltas
+        g["_top1_by_seed"] = {m["seed"]: m["final_top1"] for m in members}
         g["chosen"] = g["passed_over"] = False
         out.append(g)
     choose_on_validation(out)
@@ -195,6 +196,32 @@ def choose_on_validation(grouped: Sequence[dict[str, Any]]) -> None:
                 m["chosen"], m["passed_over"] = m is best, m is not best
 
 
+def pair_with_loss(grouped: Sequence[dict[str, Any]], base: str) -> list[dict[str, Any]]:
+    """Each group of another loss against `base` (e.g. RLD against DKD): per seed, test top-1 minus
+    that of the `base` student of the same seed, setting and teacher. Where `base` was run with
+    several option sets, the one chosen on validation is the partner; option sets passed over
+    on validation are left out, like in the table of one setting per loss."""
+    partners = {}
+    for members in _by_family(grouped):
+        if members[0]["loss"] == base:
+            picked = [m for m in members if m["chosen"]] if len(members) > 1 else members
+            if picked:
+                partners[members[0]["_family"][:2]] = picked[0]
+    compared = []
+    for g in grouped:
+        partner = partners.get(g["_family"][:2])
+        if g["loss"] == base or g["passed_over"] or partner is None:
+            continue
+        seeds = sorted(set(g["_top1_by_seed"]) & set(partner["_top1_by_seed"]))
+        deltas = [g["_top1_by_seed"][s] - partner["_top1_by_seed"][s] for s in seeds]
+        if deltas:
+            mean, std = _mean_std(deltas)
+            compared.append({**g, "versus": base, "versus_options": partner["options"], "paired_seeds": seeds,
+                             "delta": mean, "delta_std": std, "delta_positive": sum(d > 0 for d in deltas),
+                             "pairs": len(deltas)})
+    return compared
+
+
 def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
     if value is None:
         return "-"
@@ -211,7 +238,8 @@ def _positive(g: dict[str, Any]) -> str:
     return f"{g['delta_positive']}/{g['pairs']}" if g["pairs"] else "-"
 
 
-def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]]) -> str:
+def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
+             versus: Sequence[str] = ()) -> str:
     sizes = sorted({(r["test_dataset"] or {}).get("size") for r in runs if r.get("test_dataset")} - {None})
     val_sizes = sorted({(r.get("val_dataset") or {}).get("size") for r in runs} - {None})
     lines = ["# Students", "",
@@ -260,6 +288,23 @@ def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], 
                 f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
                 f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | {_positive(g)} |"
             )
+    for base in versus:
+        compared = pair_with_loss(grouped, base)
+        lines += ["", f"## Paired against {base.upper()}", "",
+                  f"Δ {base.upper()} = test top-1 minus that of the {base.upper()} student of the same seed, setting "
+                  f"and teacher (its options: the set chosen on validation, or the only one run).", ""]
+        if not compared:
+            lines.append(f"No student has a {base.upper()} partner of the same setting, teacher and seed.")
+            continue
+        lines += [f"| teacher | arch | loss | options | views | paired seeds | {base.upper()} options "
+                  f"| Δ {base.upper()} (paired) | Δ > 0 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in compared:
+            lines.append(
+                f"| {c['teacher']} | {c['arch']} | {c['loss']} | {c['options']} | {c['views']} | "
+                f"{','.join(map(str, c['paired_seeds']))} | {c['versus_options']} | "
+                f"{_pm(c['delta'], c['delta_std'], signed=True)} | {c['delta_positive']}/{c['pairs']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -270,9 +315,10 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]
         writer.writerows(rows)
 
 
-def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
+def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path, versus: Sequence[str] = ()) -> dict[str, Path]:
     """summary.md, summary.csv (one row per student), groups.csv (one row per seed group),
-    accuracy.png (curves) and paired.png (differences to CE)."""
+    accuracy.png (curves) and paired.png (differences to CE). `versus`: losses (e.g. dkd) that
+    summary.md also pairs every other loss against, seed by seed (`pair_with_loss`)."""
     from pipeline.plots import plot_paired_differences, plot_student_comparison
 
     runs = [load_run(d) for d in student_dirs]
@@ -287,7 +333,7 @@ def write_report(student_dirs: Sequence[str | Path], out_dir: str | Path) -> dic
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "summary.md", "csv": out / "summary.csv", "groups": out / "groups.csv",
              "plot": out / "accuracy.png", "paired": out / "paired.png"}
-    paths["markdown"].write_text(markdown(rows, grouped, runs))
+    paths["markdown"].write_text(markdown(rows, grouped, runs, versus))
     _write_csv(paths["csv"], COLUMNS, rows)
     _write_csv(paths["groups"], GROUP_COLUMNS, grouped)
     plot_student_comparison(runs, grouped, paths["plot"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.losses import METHODS
 from pipeline.report import write_report
 from stages._options import fail
 
@@ -11,10 +12,12 @@ from stages._options import fail
 @click.command("report")
 @click.argument("students", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="reports", show_default=True, type=click.Path(file_okay=False))
-def report_cmd(students, out) -> None:  # noqa: ANN001
-    """Write OUT/summary.md, summary.csv and accuracy.png for the given student folders."""
+@click.option("--versus", multiple=True, type=click.Choice(METHODS),
+              help="Also pair every other loss with this one, seed by seed (e.g. --versus dkd). Repeatable.")
+def report_cmd(students, out, versus) -> None:  # noqa: ANN001
+    """Write OUT/summary.md, summary.csv, groups.csv, accuracy.png and paired.png for the given student folders."""
     try:
-        paths = write_report(students, out)
+        paths = write_report(students, out, versus)
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise fail(err) from None
     click.echo(paths["markdown"].read_text())

@@ -136,6 +136,30 @@ def test_an_option_grid_is_chosen_on_validation_never_on_test(tmp_path):
     assert "beta=8" not in section and "| ce | ce_weight=1 | exhaustive | 0,1 |" in section
 
 
+def test_versus_pairs_each_loss_with_the_chosen_partner_of_the_same_teacher_and_seed(tmp_path):
+    # DKD ran beta 2 (chosen on validation) and beta 8 (better on test, passed over); RLD ran from
+    # two teachers. Each RLD group pairs with the chosen DKD of its own teacher, seed by seed.
+    weak = {"teacher_file": "teachers/weak.pt", "teacher_sha": "e" * 64}
+    runs = [fake_run(tmp_path, f"dkd-beta{b}-s{s}", "dkd", s, test + s, val, beta=b)
+            for b, test, val in ((2.0, 70.0, 75.0), (8.0, 80.0, 72.0)) for s in (0, 1, 2)]
+    runs += [fake_run(tmp_path, f"rld-s{s}", "rld", s, t, 76.0) for s, t in ((0, 71.0), (1, 70.0), (2, 73.0))]
+    runs += [fake_run(tmp_path, f"dkd-weak-s{s}", "dkd", s, 60.0, 65.0, beta=2.0, **weak) for s in (0, 1)]
+    runs += [fake_run(tmp_path, f"rld-weak-s{s}", "rld", s, t, 66.0, **weak) for s, t in ((0, 62.0), (1, 59.0))]
+    result = cli("report", *map(str, runs), "--out", str(tmp_path / "reports"), "--versus", "dkd")
+    assert result.exit_code == 0, result.output
+    section = (tmp_path / "reports/summary.md").read_text().split("## Paired against DKD")[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    # Only the RLD groups: DKD is the baseline, and its passed-over beta 8 is neither partner nor row.
+    assert len(rows) == 2, section
+    strong = [71 - 70, 70 - 71, 73 - 72]  # RLD minus DKD beta 2, seeds 0-2
+    assert (f"| rld | ce_weight=1 beta=8 | exhaustive | 0,1,2 | ce_weight=1 beta=2 | "
+            f"{statistics.fmean(strong):+.2f} ± {statistics.stdev(strong):.2f} | 2/3 |") in section
+    assert "| weak | resnet8x4 | rld | ce_weight=1 beta=8 | exhaustive | 0,1 | ce_weight=1 beta=2 | +0.50 ± 2.12 | 1/2 |" in section
+
+    bad = cli("report", str(runs[0]), "--out", str(tmp_path / "r2"), "--versus", "rdl")
+    assert bad.exit_code == 2 and "'rdl' is not one of 'ce', 'kd', 'dkd', 'rld'" in bad.output
+
+
 def test_report_refuses_an_unfinished_student(tmp_path):
     (tmp_path / "running").mkdir()
     result = cli("report", str(tmp_path / "running"), "--out", str(tmp_path / "reports"))

@@ -106,6 +106,12 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
 
 
+def test_report_versus_in_the_config_reaches_the_report_command(tmp_path):
+    wd = workflow_dir(tmp_path, {**TINY, "report_versus": ["dkd", "kd"]})
+    report = [c for c in snakemake(wd, "--dry-run", "--printshellcmds").stdout.splitlines() if " report " in c]
+    assert len(report) == 1 and report[0].endswith("--out reports --versus dkd --versus kd > logs/report/reports.log 2>&1")
+
+
 def test_a_config_with_its_own_students_dir_plans_there_and_leaves_same_named_students_alone(tmp_path):
     """Two configs that both name a student `b`: without folders of their own, running the second
     would retrain (and so delete) the first's students/b, since its command changed."""
