@@ -209,7 +209,8 @@ def pair_with_loss(grouped: Sequence[dict[str, Any]], base: str) -> list[dict[st
                 partners[members[0]["_family"][:2]] = picked[0]
     compared = []
     for g in grouped:
-        partner = partners.get(g["_family"][:2])
+        setting, teacher = g["_family"][:2]
+        partner = partners.get((setting, None if base == "ce" else teacher))  # CE has no teacher
         if g["loss"] == base or g["passed_over"] or partner is None:
             continue
         seeds = sorted(set(g["_top1_by_seed"]) & set(partner["_top1_by_seed"]))

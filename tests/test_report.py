@@ -75,6 +75,10 @@ def test_rows_seed_groups_and_paired_differences_to_ce(tmp_path):
     mean, std = statistics.fmean([69.0, 68.0, 64.0]), statistics.stdev([69.0, 68.0, 64.0])
     assert f"| {mean:.2f} ± {std:.2f} | +{statistics.fmean(deltas):.2f} ± {statistics.stdev(deltas):.2f} | 1/3 |" in md
     assert "(2,000 images)" in md
+    # --versus ce pairs exactly as Δ CE does (CE students have no teacher to match).
+    result = cli("report", *map(str, runs), "--out", str(tmp_path / "versus"), "--versus", "ce")
+    versus = (tmp_path / "versus/summary.md").read_text().split("## Paired against CE")[1]
+    assert f"| {statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} | 1/3 |" in versus
     for name in ("accuracy.png", "paired.png"):
         assert (tmp_path / "reports" / name).read_bytes()[:4] == b"\x89PNG"
 
