@@ -127,13 +127,16 @@ def plot_paired_differences(groups: Sequence[dict[str, Any]], path: Path) -> Non
     shown = [g for g in groups if g["pairs"]]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(shown) + 2), 4.5))
     for i, g in enumerate(shown):
-        ax.bar(i, g["delta_vs_ce"], yerr=g["delta_vs_ce_std"], capsize=4, alpha=0.35 if not g["chosen"] else 0.7,
+        ax.bar(i, g["delta_vs_ce"], yerr=g["delta_vs_ce_std"], capsize=4, alpha=0.35 if g["passed_over"] else 0.7,
                color="tab:blue")
         ax.plot([i] * len(g["deltas"]), g["deltas"], "o", color="black", markersize=4)
     ax.axhline(0, color="gray", linewidth=1)
-    ax.set_xticks(range(len(shown)), [g["label"].replace(" ", "\n") for g in shown], fontsize="small")
+    ax.set_xticks(range(len(shown)), [g["label"].replace(" ", "\n").replace("<-\n", "<- ") for g in shown],
+                  fontsize="small")
+    passed_over = any(g["passed_over"] for g in shown)
     ax.set(ylabel="test top-1 minus CE of the same seed (points)",
-           title="Paired difference to CE (dots: seeds; dark bars: chosen on validation)" if shown else "no CE pairs")
+           title=(f"Paired difference to CE (dots: seeds{'; faint: options not chosen on validation' if passed_over else ''})"
+                  if shown else "no CE pairs"))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
