@@ -52,10 +52,6 @@ def setting(run: dict[str, Any]) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def _teacher_sha(run: dict[str, Any]) -> str | None:
-    return None if run["loss"] == "ce" else (run["signal"].get("teacher") or {}).get("weights_sha256")
-
-
 def _teacher_name(run: dict[str, Any]) -> str:
     """The teacher as the workflow names it (the stem of teachers/NAME.pt), else its architecture."""
     teacher = run["signal"].get("teacher") or {}
@@ -92,6 +88,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
     shown = _shown_options(run)
     options = " ".join(f"{k}={v}" for k, v in shown.items())
     where = setting(run)
+    distilled_from = None if run["loss"] == "ce" else teacher.get("weights_sha256")  # CE ignores its store's teacher
     return {
         "name": run["name"],
         "_folder": run["folder"],
@@ -114,8 +111,8 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "images_per_s": run["images_per_s"],
         "_setting": where,
         "_teacher_weights": teacher.get("weights_sha256"),
-        "_family": (where, _teacher_sha(run), run["loss"]),
-        "_group": (where, _teacher_sha(run), run["loss"], options),
+        "_family": (where, distilled_from, run["loss"]),
+        "_group": (where, distilled_from, run["loss"], options),
         "_options": shown,
     }
 
