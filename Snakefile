@@ -16,6 +16,7 @@ import sys
 from snakemake.utils import min_version, validate
 
 from pipeline.grid import expand_students
+from pipeline.methods import get_method
 
 min_version("8.20")
 
@@ -96,7 +97,7 @@ def check_references():
         store = student.get("store")
         if store is not None and store not in STORES:
             raise ValueError(f"config: students.{name}.store {store!r} is not one of stores: {sorted(STORES)}")
-        if store is None and student["loss"] != "ce":
+        if store is None and get_method(student["loss"]).needs_teacher:
             raise ValueError(f"config: students.{name} uses loss {student['loss']!r}, which needs a store")
 
 

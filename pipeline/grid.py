@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from pipeline.losses import DEFAULTS
+from pipeline.methods import get_method
 
 GRID_KEYS = ("loss", "arch", "store", "seed")  # scalar keys that may hold a list
 
@@ -48,8 +48,13 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
     # Checked for every entry, grid or not: `rld student train` would refuse the option only
     # when the student's job runs, after its teacher and store were made.
     losses = _as_list(entry.get("loss"))
+    for loss in losses:
+        try:
+            get_method(loss)
+        except ValueError as err:
+            raise ValueError(f"config: students.{base}.loss: {err}") from None
     for key in options:
-        if not any(key in DEFAULTS[loss] for loss in losses):
+        if not any(key in get_method(loss).defaults for loss in losses):
             raise ValueError(f"config: students.{base}.loss_options.{key} applies to none of the losses {losses}")
     listed = [k for k in GRID_KEYS if isinstance(entry.get(k), list)]
     listed_options = sorted(k for k, v in options.items() if isinstance(v, list))
@@ -66,7 +71,7 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
     scalars = {k: _as_list(entry.get(k)) for k in GRID_KEYS if k in entry}
     for combo in itertools.product(*scalars.values()):
         student = {**entry, **dict(zip(scalars, combo))}
-        own = {k: v for k, v in options.items() if k in DEFAULTS[student["loss"]]}
+        own = {k: v for k, v in options.items() if k in get_method(student["loss"]).defaults}
         grid_here = [k for k in listed_options if k in own]
         for values in itertools.product(*(own[k] for k in grid_here)):
             chosen = {**own, **dict(zip(grid_here, values))}

@@ -20,8 +20,13 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
+from pipeline.methods import REGISTRY
+
+# Each method's loss terms in the last epoch (train mean), one column per term of any method.
+TERM_COLUMNS = tuple(dict.fromkeys(["loss_ce", *(f"loss_{t}" for m in REGISTRY.values() for t in m.terms), "loss_total"]))
 COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "views", "seed", "epochs", "val_top1", "final_top1",
-           "final_top5", "delta_vs_ce", "best_epoch", "best_val_top1", "best_top1", "teacher_agreement", "images_per_s")
+           "final_top5", "delta_vs_ce", "best_epoch", "best_val_top1", "best_top1", "teacher_agreement",
+           "images_per_s", *TERM_COLUMNS)
 GROUP_COLUMNS = ("teacher", "teacher_top1", "arch", "loss", "options", "views", "epochs", "runs", "seeds", "val_top1",
                  "val_top1_std", "final_top1", "final_top1_std", "delta_vs_ce", "delta_vs_ce_std", "delta_positive",
                  "pairs", "teacher_agreement", "chosen")
@@ -69,9 +74,18 @@ def _tell_teachers_apart(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _shown_options(run: dict[str, Any]) -> dict[str, str]:
-    """The loss options as the tables print them (logit_stand only when on)."""
-    return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in run["loss_options"].items()
-            if k != "logit_stand" or v}
+    """The loss options as the tables print them: on/off options only when on, and choices
+    (RLD's mask) only when not the default, so runs from before an option existed read alike."""
+    method = REGISTRY.get(run["loss"])
+    shown = {}
+    for key, value in run["loss_options"].items():
+        option = method.option(key) if method is not None and key in method.defaults else None
+        if isinstance(value, bool) and not value:
+            continue
+        if option is not None and option.kind == "choice" and value == option.default:
+            continue
+        shown[key] = f"{value:g}" if isinstance(value, float) else str(value)
+    return shown
 
 
 def _views(run: dict[str, Any]) -> str:
@@ -109,6 +123,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "best_top1": best.get("top1"),
         "teacher_agreement": run["final"].get("teacher_agreement"),
         "images_per_s": run["images_per_s"],
+        **{column: (run["history"][-1] if run["history"] else {}).get(column) for column in TERM_COLUMNS},
         "_setting": where,
         "_teacher_weights": teacher.get("weights_sha256"),
         "_family": (where, distilled_from, run["loss"]),

@@ -71,7 +71,7 @@ class TrainStep:
         self.device, self.amp, self.autocast_cache = device, amp, autocast_cache
         self.names = objective.term_names
         self.sums = torch.zeros(len(self.names) + 1, device=device)
-        self.scales: tuple[float, float, float] = objective.scales(1)
+        self.scales: tuple[float, ...] = objective.scales(1)
         self.lr = 0.0
 
     def start_epoch(self, epoch: int, lr: float) -> None:
@@ -117,7 +117,7 @@ class CapturedStep(TrainStep):
             raise ValueError("a captured step cannot use a GradScaler (fp16 autocast)")
         super().__init__(net, objective, optimizer, scaler, device, amp, autocast_cache=False)
         self.batch_size = batch_size
-        self.scales_tensor = torch.ones(3, device=device)  # the graph's copy of `scales`
+        self.scales_tensor = torch.ones(len(self.scales), device=device)  # the graph's copy of `scales`
         self.warmed_up = 0
         self.captures = 0  # how many times the step was recorded (for tests and logs)
         self.graph: torch.cuda.CUDAGraph | None = None

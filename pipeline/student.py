@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.data import ImageSet, ValSplit, load_splits_with_val
 from pipeline.inference import Numerics, default_family
+from pipeline.methods import get_method
 from pipeline.runtime import resolve_device
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
@@ -54,7 +55,7 @@ def student_inputs(
     default `seed`). `teacher_path` only checks that the store comes from that teacher;
     `online_teacher` runs it every step, with the store's numerics when there is a store.
     """
-    if loss != "ce" and store_path is None and online_teacher is None:
+    if get_method(loss).needs_teacher and store_path is None and online_teacher is None:
         raise ValueError(f"--loss {loss} needs a teacher: --logits STORE or --online-teacher FILE")
     store = LogitStore.open(store_path) if store_path else None
     if store is not None:

@@ -7,6 +7,7 @@ from typing import Any, Callable
 import click
 
 from pipeline.data import parse_val_split
+from pipeline.methods import REGISTRY, option_meanings, option_names
 from pipeline.runtime import AMP_CHOICES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -91,3 +92,68 @@ def recipe_options(default_epochs: int | None = 240) -> Decorator:
         click.option("--lr-decay", type=float, default=0.1, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Loss options: one flag per option of any method, made from the method registry.
+
+SHORT_FLAGS = {"temperature": "-T"}
+
+
+def loss_flag(name: str) -> str:
+    """The CLI flag of a method option: ce_weight -> --ce-weight."""
+    return "--" + name.replace("_", "-")
+
+
+def _flag_help(name: str) -> str:
+    text = option_meanings(name)
+    return text[0].upper() + text[1:]
+
+
+def loss_options() -> Decorator:
+    """A flag for every method option; left out, the method's default holds. Which flags a
+    method takes, and their defaults, are listed by `method_epilog`."""
+    decorators = []
+    for name in option_names():
+        declared = [m.option(name) for m in REGISTRY.values() if name in m.defaults]
+        kind, flag = declared[0].kind, loss_flag(name)
+        if kind == "flag":
+            decorators.append(click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=_flag_help(name)))
+        elif kind == "choice":
+            choices = sorted({c for option in declared for c in option.choices})
+            decorators.append(click.option(flag, name, type=click.Choice(choices), default=None, help=_flag_help(name)))
+        else:
+            short = [SHORT_FLAGS[name]] if name in SHORT_FLAGS else []
+            decorators.append(click.option(flag, *short, name, type=float, default=None, help=_flag_help(name)))
+    return _stack(*decorators)
+
+
+def method_epilog() -> str:
+    """Each method's flags with their defaults, for a command's --help."""
+    lines = ["Methods (--loss) and their options, with defaults:", "", "\b"]
+    for method in REGISTRY.values():
+        flags = " ".join(
+            (f"--{'' if o.default else 'no-'}{o.name.replace('_', '-')}" if o.kind == "flag"
+             else f"{loss_flag(o.name)} {o.describe_default()}")
+            for o in method.options
+        )
+        lines.append(f"  {method.name:<5} {flags}")
+    lines += ["", "docs/methods.md says what each method and option does, and which official quirks it keeps."]
+    return "\n".join(lines)
+
+
+def checked_loss_options(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave for `method`, checked against the registry, in CLI words."""
+    spec = REGISTRY[method]
+    checked = {}
+    for name in sorted(given, key=option_names().index):  # one order, whatever the command line's
+        value = given[name]
+        if name not in spec.defaults:
+            valid = ", ".join(loss_flag(k) for k in spec.defaults)
+            raise ValueError(f"{loss_flag(name)} does not apply to --loss {method}; its options: {valid}")
+        option = spec.option(name)
+        try:
+            checked[name] = option.check(method, value)
+        except ValueError:
+            raise ValueError(f"{loss_flag(name)} {value} is out of range for --loss {method}: it must be {option.valid}") from None
+    return checked

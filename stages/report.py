@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.losses import METHODS
+from pipeline.methods import METHODS
 from pipeline.report import write_report
 from stages._options import fail
 

@@ -4,23 +4,12 @@ from __future__ import annotations
 
 import click
 
-from pipeline.losses import DEFAULTS, METHODS
+from pipeline.methods import METHODS, REGISTRY
 from pipeline.models import available
 from pipeline.student import DataRequest, student_inputs
 from pipeline.train import TrainConfig, train
-from stages._options import dataset_options, fail, recipe_options, runtime_options
-
-# CLI flag -> objective option; only flags the user gives reach the objective, so a flag
-# that does not apply to the chosen loss is an error rather than silently ignored.
-LOSS_FLAGS = {
-    "ce_weight": "--ce-weight", "kd_weight": "--kd-weight", "alpha": "--alpha", "beta": "--beta",
-    "temperature": "--temperature", "alpha_temperature": "--alpha-temperature", "warmup": "--warmup",
-    "logit_stand": "--logit-stand",
-}
-
-
-def _loss_help() -> str:
-    return "; ".join(f"{m}: " + ", ".join(f"{k}={v}" for k, v in DEFAULTS[m].items()) for m in METHODS)
+from stages._options import (checked_loss_options, dataset_options, fail, loss_options, method_epilog, recipe_options,
+                             runtime_options)
 
 
 @click.group()
@@ -28,20 +17,14 @@ def student() -> None:
     """Train students from cached teacher logits."""
 
 
-@student.command("train")
+@student.command("train", epilog=method_epilog())
 @click.option("--arch", required=True, help="Student model name (mdistiller's, e.g. resnet8x4).")
 @click.option("--logits", "store_path", type=click.Path(), default=None, help="Logit store to distil from.")
-@click.option("--loss", type=click.Choice(METHODS), default="rld", show_default=True, help=f"Defaults: {_loss_help()}")
-@click.option("--ce-weight", type=float, default=None)
-@click.option("--kd-weight", type=float, default=None, help="kd only.")
-@click.option("--alpha", type=float, default=None, help="dkd: TCKD weight; rld: SCD weight.")
-@click.option("--beta", type=float, default=None, help="dkd: NCKD weight; rld: MCD weight.")
-@click.option("--temperature", "-T", type=float, default=None, help="KD/NCKD/MCD temperature.")
-@click.option("--alpha-temperature", type=float, default=None, help="rld: SCD temperature.")
+@click.option("--loss", type=click.Choice(METHODS), default="rld", show_default=True,
+              help="Distillation method (its options: below).")
+@loss_options()
 @click.option("--same-t", is_flag=True, help="rld: SCD uses the MCD temperature (official --same-t); "
               "not with --alpha-temperature.")
-@click.option("--warmup", type=float, default=None, help="dkd/rld: epochs over which distillation ramps up.")
-@click.option("--logit-stand/--no-logit-stand", default=None, help="Standardise logits per row before the loss.")
 @dataset_options(required=False)
 @recipe_options(default_epochs=None)
 @runtime_options()
@@ -64,31 +47,25 @@ def student() -> None:
                    "a finished run is still kept (the workflow passes this for its own work folders).")
 @click.option("--quiet", is_flag=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. students/resnet8x4")
-def train_cmd(arch, store_path, loss, ce_weight, kd_weight, alpha, beta, temperature, alpha_temperature, same_t,
-              warmup, logit_stand, dataset, data_root, subset, test_subset, val_split, augment, epochs, batch_size, lr, momentum,
-              weight_decay, milestones, lr_decay, seed, device, amp, channels_last, workers, teacher_path,
-              online_teacher, views, view_seed, compile_step, force, restart_stale, quiet, out) -> None:  # noqa: ANN001
+def train_cmd(arch, store_path, loss, same_t, dataset, data_root, subset, test_subset, val_split, augment, epochs,
+              batch_size, lr, momentum, weight_decay, milestones, lr_decay, seed, device, amp, channels_last, workers,
+              teacher_path, online_teacher, views, view_seed, compile_step, force, restart_stale, quiet, out,
+              **method_flags) -> None:  # noqa: ANN001
     """Train one student; resumable (rerun the same command after a kill).
 
     Defaults are the paper's recipe. With a per-epoch store of E views and no --epochs,
     the student trains E epochs; otherwise 240.
     """
-    given = {"ce_weight": ce_weight, "kd_weight": kd_weight, "alpha": alpha, "beta": beta, "temperature": temperature,
-             "alpha_temperature": alpha_temperature, "warmup": warmup, "logit_stand": logit_stand}
-    loss_options = {k: v for k, v in given.items() if v is not None}
     try:
         if arch not in available():
             raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(available())}")
+        loss_options = checked_loss_options(loss, {k: v for k, v in method_flags.items() if v is not None})
         if same_t:
             if loss != "rld":
                 raise ValueError("--same-t applies only to --loss rld")
-            if alpha_temperature is not None:
+            if "alpha_temperature" in loss_options:
                 raise ValueError("--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
-            loss_options["alpha_temperature"] = loss_options.get("temperature", DEFAULTS["rld"]["temperature"])
-        for key in loss_options:
-            if key not in DEFAULTS[loss]:
-                valid = ", ".join(LOSS_FLAGS[k] for k in DEFAULTS[loss])
-                raise ValueError(f"{LOSS_FLAGS[key]} does not apply to --loss {loss}; its options: {valid}")
+            loss_options["alpha_temperature"] = loss_options.get("temperature", REGISTRY["rld"].defaults["temperature"])
         data = DataRequest(dataset, data_root, subset, test_subset, val_split, augment)
         inputs = student_inputs(loss, data, store_path=store_path, teacher_path=teacher_path,
                                 online_teacher=online_teacher, views=views, view_seed=view_seed, seed=seed,

@@ -566,7 +566,7 @@ def test_integer_label_dtypes_are_accepted() -> None:
 
 
 def test_defaults_table() -> None:
-    assert METHODS == ("ce", "kd", "dkd", "rld")
+    assert METHODS == ("ce", "dkd", "kd", "la", "lr", "mlkd", "rc", "rld")
     assert dict(DEFAULTS["ce"]) == {"ce_weight": 1.0}
     assert dict(DEFAULTS["kd"]) == {
         "ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0, "logit_stand": False
@@ -577,7 +577,7 @@ def test_defaults_table() -> None:
     }
     assert dict(DEFAULTS["rld"]) == {
         "ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
-        "alpha_temperature": 1.0, "warmup": 20, "logit_stand": False,
+        "alpha_temperature": 1.0, "warmup": 20, "logit_stand": False, "mask": "ge",
     }
     for method in METHODS:
         assert dict(make_objective(method).params) == dict(DEFAULTS[method])
@@ -660,13 +660,13 @@ def test_inapplicable_option_is_rejected(method: str, option: str) -> None:
 
 
 def test_unknown_method_and_bad_values() -> None:
-    with pytest.raises(ValueError, match=r"unknown method 'crd'; valid methods: ce, kd, dkd, rld"):
+    with pytest.raises(ValueError, match=r"unknown method 'crd'; valid methods: ce, dkd, kd, la, lr, mlkd, rc, rld$"):
         make_objective("crd")
-    with pytest.raises(ValueError, match=r"warmup must be a positive"):
+    with pytest.raises(ValueError, match=r"option 'warmup' for method 'rld' must be a positive finite number, got 0$"):
         make_objective("rld", warmup=0)
     with pytest.raises(ValueError, match=r"'beta' for method 'dkd' must be a finite number >= 0"):
         make_objective("dkd", beta=-1.0)
-    with pytest.raises(ValueError, match=r"logit_stand must be a bool"):
+    with pytest.raises(ValueError, match=r"option 'logit_stand' for method 'rld' must be true or false, got 1$"):
         make_objective("rld", logit_stand=1)
     with pytest.raises(ValueError, match=r"epoch must be an int >= 1"):
         make_objective("rld").warmup_factor(0)
@@ -686,7 +686,7 @@ def test_official_cli_conventions() -> None:
     rld = make_objective("rld", beta=6.0).with_official_logit_stand()
     assert dict(rld.params) == {
         "ce_weight": 1.0, "alpha": 9.0, "beta": 54.0, "temperature": 2.0,
-        "alpha_temperature": 2.0, "warmup": 20.0, "logit_stand": True,
+        "alpha_temperature": 2.0, "warmup": 20.0, "logit_stand": True, "mask": "ge",
     }
     dkd = make_objective("dkd").with_official_logit_stand()
     assert (dkd.params["alpha"], dkd.params["beta"], dkd.params["temperature"]) == (9.0, 72.0, 2.0)

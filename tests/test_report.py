@@ -161,7 +161,7 @@ def test_versus_pairs_each_loss_with_the_chosen_partner_of_the_same_teacher_and_
     assert "| weak | resnet8x4 | rld | ce_weight=1 beta=8 | exhaustive | 0,1 | ce_weight=1 beta=2 | +0.50 ± 2.12 | 1/2 |" in section
 
     bad = cli("report", str(runs[0]), "--out", str(tmp_path / "r2"), "--versus", "rdl")
-    assert bad.exit_code == 2 and "'rdl' is not one of 'ce', 'kd', 'dkd', 'rld'" in bad.output
+    assert bad.exit_code == 2 and "'rdl' is not one of 'ce', 'dkd', 'kd', 'la', 'lr', 'mlkd', 'rc', 'rld'" in bad.output
 
 
 def test_report_refuses_an_unfinished_student(tmp_path):

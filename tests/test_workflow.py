@@ -107,6 +107,23 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
 
 
+def test_every_method_and_its_options_reach_the_student_commands(tmp_path):
+    """Methods and options come from the registry: a grid over every method, RLD's mask and
+    LR's eta plans one student per method and mask, each given only its own options."""
+    from pipeline.methods import METHODS
+
+    students = {"m": {"arch": "resnet8", "store": "t8-pe", "loss": list(METHODS),
+                      "loss_options": {"mask": ["ge", "g"], "eta": 0.5, "rc_weight": 0.2, "warmup": 1}}}
+    wd = workflow_dir(tmp_path, {**TINY, "students": students})
+    commands = [c for c in snakemake(wd, "--dry-run", "--printshellcmds").stdout.splitlines() if "student train" in c]
+    by_name = {re.search(r"--out students/\.work/(\S+)", c)[1]: c for c in commands}
+    expected = {f"m-{m}" for m in METHODS if m != "rld"} | {"m-rld-maskge", "m-rld-maskg"}
+    assert set(by_name) == expected, sorted(by_name)
+    assert "--mask g " in by_name["m-rld-maskg"] and "--eta 0.5 " in by_name["m-lr"] and "--rc-weight 0.2 " in by_name["m-rc"]
+    assert "--warmup 1 " in by_name["m-dkd"] and "--warmup" not in by_name["m-la"]
+    assert not any(flag in by_name["m-mlkd"] for flag in ("--mask", "--eta", "--rc-weight"))
+
+
 def test_report_versus_in_the_config_reaches_the_report_command(tmp_path):
     wd = workflow_dir(tmp_path, {**TINY, "report_versus": ["dkd", "kd"]})
     report = [c for c in snakemake(wd, "--dry-run", "--printshellcmds").stdout.splitlines() if " report " in c]
@@ -151,6 +168,8 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c["students"]["a"].update(store="nope"), "students.a.store 'nope' is not one of stores"),
         (lambda c: c["students"]["a"]["loss_options"].update(betta=2), "'betta' was unexpected"),
         (lambda c: c["students"]["b"].update(loss_options={"beta": 2}), "students.b.loss_options.beta applies to none of the losses ['ce']"),
+        (lambda c: c["students"]["a"]["loss_options"].update(mask="gt"), "'gt' is not valid under any of the given schemas\n\nFailed validating 'oneOf' in schema['properties']['students']['additionalProperties']['properties']['loss_options']['properties']['mask']"),
+        (lambda c: c["students"]["a"].update(loss="swap"), "'swap' is not valid under any of the given schemas\n\nFailed validating 'oneOf' in schema['properties']['students']['additionalProperties']['properties']['loss']"),
         (lambda c: c.update(students_dir="../elsewhere"), "'../elsewhere' does not match"),
         (lambda c: c.update(students_dir="students/.work"), "'students/.work' does not match"),
     ],
