@@ -134,3 +134,45 @@ def topk_accuracy(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.
         top = logits.topk(min(k, logits.shape[1]), dim=1).indices
         out[f"top{k}"] = 100.0 * (top == labels[:, None]).any(1).float().mean().item()
     return out
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks along each row (from 0), tied values sharing their average rank (Spearman's)."""
+    n = x.shape[1]
+    order = np.argsort(x, axis=1, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=1)
+    position = np.broadcast_to(np.arange(n), x.shape)
+    starts_run = np.ones(x.shape, dtype=bool)
+    starts_run[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends_run = np.ones(x.shape, dtype=bool)
+    ends_run[:, :-1] = starts_run[:, 1:]
+    first = np.maximum.accumulate(np.where(starts_run, position, 0), axis=1)
+    last = np.minimum.accumulate(np.where(ends_run, position, n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty(x.shape)
+    np.put_along_axis(ranks, order, (first + last) / 2.0, axis=1)
+    return ranks
+
+
+def rank_correlation(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, rows_per_block: int = 4096) -> float:
+    """Mean over images of the Spearman correlation between the student's and the teacher's
+    logits over the classes other than the label: how much of the teacher's ranking of the
+    wrong classes (its "dark knowledge") the student carries. Images where either ranking is
+    constant are left out; NaN if none is left."""
+    student, teacher, labels = np.asarray(student), np.asarray(teacher), np.asarray(labels)
+    rows, classes = student.shape
+    if classes < 3:
+        return float("nan")  # one non-target class has no ranking
+    values = []
+    for start in range(0, rows, rows_per_block):
+        block = slice(start, start + rows_per_block)
+        others = np.arange(classes)[None, :] != labels[block, None]
+        shape = (len(others), classes - 1)
+        a = _average_ranks(student[block][others].reshape(shape).astype(np.float64))
+        b = _average_ranks(teacher[block][others].reshape(shape).astype(np.float64))
+        a -= a.mean(1, keepdims=True)
+        b -= b.mean(1, keepdims=True)
+        norm = np.sqrt((a * a).sum(1) * (b * b).sum(1))
+        kept = norm > 0
+        values.append((a * b).sum(1)[kept] / norm[kept])
+    joined = np.concatenate(values)
+    return float(joined.mean()) if len(joined) else float("nan")

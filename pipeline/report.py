@@ -26,10 +26,10 @@ from pipeline.methods import REGISTRY
 TERM_COLUMNS = tuple(dict.fromkeys(["loss_ce", *(f"loss_{t}" for m in REGISTRY.values() for t in m.terms), "loss_total"]))
 COLUMNS = ("name", "teacher", "teacher_top1", "arch", "loss", "options", "views", "seed", "epochs", "val_top1", "final_top1",
            "final_top5", "delta_vs_ce", "best_epoch", "best_val_top1", "best_top1", "teacher_agreement",
-           "images_per_s", *TERM_COLUMNS)
+           "teacher_rank_corr", "images_per_s", *TERM_COLUMNS)
 GROUP_COLUMNS = ("teacher", "teacher_top1", "arch", "loss", "options", "views", "epochs", "runs", "seeds", "val_top1",
                  "val_top1_std", "final_top1", "final_top1_std", "delta_vs_ce", "delta_vs_ce_std", "delta_positive",
-                 "pairs", "teacher_agreement", "chosen")
+                 "pairs", "teacher_agreement", "teacher_rank_corr", "chosen")
 # Recipe fields that change what a run computes (device, workers, batch size of evaluation do not).
 RECIPE_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "amp", "channels_last")
 
@@ -122,6 +122,7 @@ def row(run: dict[str, Any]) -> dict[str, Any]:
         "best_val_top1": best.get("val_top1"),
         "best_top1": best.get("top1"),
         "teacher_agreement": run["final"].get("teacher_agreement"),
+        "teacher_rank_corr": run["final"].get("teacher_rank_corr"),
         "images_per_s": run["images_per_s"],
         **{column: (run["history"][-1] if run["history"] else {}).get(column) for column in TERM_COLUMNS},
         "_setting": where,
@@ -159,7 +160,7 @@ def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         g["runs"] = len(members)
         g["members"] = [m["_folder"] for m in members]
         g["seeds"] = ",".join(str(m["seed"]) for m in members)
-        for metric in ("val_top1", "final_top1", "final_top5", "teacher_agreement", "delta_vs_ce"):
+        for metric in ("val_top1", "final_top1", "final_top5", "teacher_agreement", "teacher_rank_corr", "delta_vs_ce"):
             g[metric], g[f"{metric}_std"] = _mean_std([m[metric] for m in members if m[metric] is not None])
         deltas = [m["delta_vs_ce"] for m in members if m["delta_vs_ce"] is not None]
         g["pairs"], g["delta_positive"] = len(deltas), sum(d > 0 for d in deltas)
@@ -243,8 +244,8 @@ def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
     return str(value)
 
 
-def _pm(mean: float | None, std: float | None, signed: bool = False) -> str:
-    return "-" if mean is None else f"{_fmt(mean, signed=signed)} ± {_fmt(std)}"
+def _pm(mean: float | None, std: float | None, signed: bool = False, digits: int = 2) -> str:
+    return "-" if mean is None else f"{_fmt(mean, digits, signed=signed)} ± {_fmt(std, digits)}"
 
 
 def _positive(g: dict[str, Any]) -> str:
@@ -262,32 +263,37 @@ def markdown(rows: Sequence[dict[str, Any]], grouped: Sequence[dict[str, Any]], 
                 f"({' / '.join(f'{s:,}' for s in val_sizes)} images)" if val_sizes else "")
              + ". Δ CE = test top-1 minus that of the CE student of the same seed and setting (same "
                "initialisation, data order and views). best = the epoch with the best validation top-1, "
-               "and its test top-1. agreement = % of test images where the student's top-1 equals the teacher's.",
+               "and its test top-1. agreement = % of test images where the student's top-1 equals the teacher's; "
+               "rank corr = Spearman correlation of the student's and the teacher's logits over the classes other "
+               "than the label, mean over test images (how much of the teacher's ranking of the wrong classes the "
+               "student keeps).",
              ""]
     lines.append("| student | teacher (top-1) | arch | loss | options | views | seed | epochs | val top-1 | test top-1 "
-                 "| test top-5 | Δ CE | best epoch: val → test | agreement | img/s |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                 "| test top-5 | Δ CE | best epoch: val → test | agreement | rank corr | img/s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         best = f"{r['best_epoch']}: {_fmt(r['best_val_top1'])} → {_fmt(r['best_top1'])}" if r["best_epoch"] else "-"
         lines.append(
             f"| {r['name']} | {r['teacher']} ({_fmt(r['teacher_top1'])}) | {r['arch']} | {r['loss']} | {r['options']} | "
             f"{r['views']} | {r['seed']} | {r['epochs']} | {_fmt(r['val_top1'])} | {_fmt(r['final_top1'])} | {_fmt(r['final_top5'])} | "
-            f"{_fmt(r['delta_vs_ce'], signed=True)} | {best} | {_fmt(r['teacher_agreement'])} | {_fmt(r['images_per_s'], 0)} |"
+            f"{_fmt(r['delta_vs_ce'], signed=True)} | {best} | {_fmt(r['teacher_agreement'])} | "
+            f"{_fmt(r['teacher_rank_corr'], 3)} | {_fmt(r['images_per_s'], 0)} |"
         )
     if any(g["runs"] > 1 or g["pairs"] for g in grouped):
         lines += ["", "## Mean ± std over seeds, and the paired difference to CE", "",
                   "Δ CE > 0 counts the seeds where the student beats the CE student of its seed. "
                   "✓ marks the option set chosen on validation top-1 among those run for that loss.", "",
                   "| teacher | arch | loss | options | views | seeds | val top-1 | test top-1 | Δ CE (paired) | Δ CE > 0 "
-                  "| agreement |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| agreement | rank corr |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for g in grouped:
             mark = " ✓" if g["chosen"] else ""
             lines.append(
                 f"| {g['teacher']} | {g['arch']} | {g['loss']} | {g['options']}{mark} | {g['views']} | {g['seeds']} | "
                 f"{_pm(g['val_top1'], g['val_top1_std'])} | {_pm(g['final_top1'], g['final_top1_std'])} | "
                 f"{_pm(g['delta_vs_ce'], g['delta_vs_ce_std'], signed=True)} | "
-                f"{_positive(g)} | {_pm(g['teacher_agreement'], g['teacher_agreement_std'])} |"
+                f"{_positive(g)} | {_pm(g['teacher_agreement'], g['teacher_agreement_std'])} | "
+                f"{_pm(g['teacher_rank_corr'], g['teacher_rank_corr_std'], digits=3)} |"
             )
     # One row per loss: the chosen option set, or the only one that was run.
     chosen = [g for members in _by_family(grouped) for g in members if g["chosen"] or len(members) == 1]

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from pipeline import models
 from pipeline.data import ImageSet, to_device, to_model_input
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
-from pipeline.inference import Numerics, predict_test, topk_accuracy
+from pipeline.inference import Numerics, predict_test, rank_correlation, topk_accuracy
 from pipeline.losses import make_objective
 from pipeline.runtime import code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.step import CapturedStep, TrainStep, resolve_compile
@@ -421,13 +421,15 @@ def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: Ima
 
 def _evaluate(run: _Run, images: ImageSet, family: Any, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
     """{prefix_top1, prefix_top5} of `model` (default: the run's) on the un-augmented views of `images`;
-    on the test split also the agreement with the teacher."""
+    on the test split also the agreement with the teacher (top-1, and the rank correlation over
+    the classes other than the label)."""
     logits = predict_test(model or run.model, images, family, device=run.device, batch_size=run.cfg.eval_batch_size,
                           numerics=Numerics(run.device.type, run.amp, run.cfg.channels_last))
     acc = topk_accuracy(logits, images.labels)
     metrics = {f"{prefix}_top1": acc["top1"], f"{prefix}_top5": acc["top5"]}
     if prefix == "test" and run.teacher_test is not None:
         metrics["teacher_agreement"] = 100.0 * float((logits.argmax(1) == run.teacher_test.argmax(1)).mean())
+        metrics["teacher_rank_corr"] = rank_correlation(logits, run.teacher_test, images.labels)
     return metrics
 
 
@@ -460,8 +462,9 @@ def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSe
     """final.pt, the best checkpoint's test accuracy, metrics files and summary.json."""
     cfg, last, family = run.cfg, run.history[-1], signal.spec.family
     final = {"top1": last["test_top1"], "top5": last["test_top5"]}
-    if "teacher_agreement" in last:
-        final["teacher_agreement"] = last["teacher_agreement"]
+    for key in ("teacher_agreement", "teacher_rank_corr"):
+        if key in last:
+            final[key] = last[key]
     if val_set is not None:
         final.update(val_top1=last["val_top1"], val_top5=last["val_top5"])
     _save_student(run.out / "final.pt", run.model, cfg, train_set, family, {"top1": final["top1"], "top5": final["top5"]},

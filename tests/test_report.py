@@ -168,3 +168,29 @@ def test_report_refuses_an_unfinished_student(tmp_path):
     (tmp_path / "running").mkdir()
     result = cli("report", str(tmp_path / "running"), "--out", str(tmp_path / "reports"))
     assert result.exit_code == 1 and "no summary.json" in result.stderr
+
+
+def test_rank_correlation_and_each_methods_last_loss_terms_are_reported(tmp_path):
+    """Runs of different methods log different terms: the CSV has a column per term of any
+    method (from the registry), empty where a run has none; the rank correlation is averaged
+    over seeds like the other metrics; runs from before it existed show '-'."""
+    runs = []
+    for seed, corr in ((0, 0.5), (1, 0.7)):
+        run = fake_run(tmp_path, f"rld-s{seed}", "rld", seed, 70.0)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["final"]["teacher_rank_corr"] = corr
+        (run / "summary.json").write_text(json.dumps(summary))
+        history = json.loads((run / "metrics.json").read_text())
+        history[-1].update(loss_ce=0.5, loss_scd=0.25, loss_mcd=0.125, loss_total=0.875)
+        (run / "metrics.json").write_text(json.dumps(history))
+        runs.append(run)
+    runs.append(fake_run(tmp_path, "ce-s0", "ce", 0, 65.0))
+    md, rows, grouped = report(tmp_path, runs)
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["rld-s0"]["loss_scd"] == "0.25" and by_name["rld-s0"]["loss_mcd"] == "0.125"
+    assert by_name["rld-s0"]["loss_tckd"] == "" and by_name["ce-s0"]["teacher_rank_corr"] == ""
+    for column in ("loss_ce", "loss_kd", "loss_rc", "loss_mse", "loss_revised", "loss_cc", "loss_bc", "loss_total"):
+        assert column in rows[0]
+    rld = next(g for g in grouped if g["loss"] == "rld")
+    assert float(rld["teacher_rank_corr"]) == pytest.approx(0.6)  # float64 mean of two: approx's default 1e-6
+    assert "| 0.600 ± 0.141 |" in md

@@ -171,8 +171,9 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
     # lr = 0.05 * 0.1 ** k in float64: approx's default 1e-6 covers 0.05 * 0.1 != 0.005
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, 0.005])
     for key in ("loss_ce", "loss_scd", "loss_mcd", "loss_total", "train_top1", "test_top1", "test_top5",
-                "teacher_agreement", "images_per_s"):
+                "teacher_agreement", "teacher_rank_corr", "images_per_s"):
         assert key in rows[0], key
+    assert -1 <= rows[-1]["teacher_rank_corr"] <= 1 and summary["final"]["teacher_rank_corr"] == rows[-1]["teacher_rank_corr"]
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["epoch", "lr"] and "loss_mcd" in header
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -189,6 +190,33 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         (out / "summary.json").unlink()
         torch.save({"config": {**config["config"], "lr": 9.0}, "signal": {}}, out / "checkpoint.pt")
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
+
+
+def test_rank_correlation_is_spearman_over_the_classes_other_than_the_label():
+    from pipeline.inference import rank_correlation
+
+    def ranks(values):  # average ranks of ties, by counting (no sorting)
+        return [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
+
+    def spearman(a, b):
+        ra, rb = ranks(a), ranks(b)
+        ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+        cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+        var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+        return cov / var if var else None
+
+    rng = np.random.default_rng(0)
+    student, teacher = rng.integers(0, 4, (30, 6)).astype(float), rng.normal(size=(30, 6))  # many ties
+    teacher[:, 2] = teacher[:, 3]
+    student[0] = 1.0  # a constant ranking: left out
+    labels = rng.integers(0, 6, 30)
+    values = [spearman([x for c, x in enumerate(s) if c != y], [x for c, x in enumerate(t) if c != y])
+              for s, t, y in zip(student, teacher, labels)]
+    expected = np.mean([v for v in values if v is not None])
+    # float64 sums of a few dozen terms in another order: 1e-12
+    assert rank_correlation(student, teacher, labels, rows_per_block=7) == pytest.approx(expected, rel=1e-12)
+    assert rank_correlation(teacher, teacher, labels) == pytest.approx(1.0, rel=1e-12)
+    assert rank_correlation(-teacher, teacher, labels) == pytest.approx(-1.0, rel=1e-12)
 
 
 def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher,
