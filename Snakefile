@@ -17,6 +17,7 @@ from snakemake.utils import min_version, validate
 
 from pipeline.grid import expand_students
 from pipeline.methods import get_method
+from pipeline.recipe import default
 
 min_version("8.20")
 
@@ -33,8 +34,10 @@ validate(config, "config/schema.yaml")
 # The interpreter running Snakemake, so rules use this environment even when it is not
 # activated (a bare `rld` would resolve against whatever PATH the shell has).
 RLD = f"{shlex.quote(sys.executable)} -m stages.cli"
-PAPER_RECIPE = {"epochs": 240, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-                "milestones": [150, 180, 210], "lr_decay": 0.1}
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay")
+# Every command states its whole recipe, unset fields at the library's defaults (the paper's,
+# pipeline/recipe.py), so a job's command line says what it trains.
+DEFAULT_RECIPE = {key: default(key) for key in RECIPE_KEYS}
 
 # A student entry with lists (loss: [ce, kd], seed: [0, 1, 2], loss_options: {beta: [2, 4]})
 # is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
@@ -131,7 +134,7 @@ def runtime_args(amp=None):
 
 
 def recipe_args(own):
-    recipe = {**PAPER_RECIPE, **config.get("recipe", {}), **(own or {})}
+    recipe = {**DEFAULT_RECIPE, **config.get("recipe", {}), **(own or {})}
     args = [f"--{key.replace('_', '-')} {recipe[key]}" for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay")]
     args.append(f"--milestones {q(','.join(map(str, recipe['milestones'])))}")
     return " ".join(args)
@@ -152,7 +155,7 @@ def store_shards(store):
 
 def dump_args(wildcards):
     s = STORES[wildcards.store]
-    args = f"--views {q(s['views'])} --seed {s.get('seed', 0)} --dtype {s.get('dtype', 'float16')}"
+    args = f"--views {q(s['views'])} --view-seed {s.get('seed', 0)} --dtype {s.get('dtype', 'float16')}"
     if s.get("batch_size"):
         args += f" --batch-size {s['batch_size']}"
     if s.get("max_gb") is not None:
@@ -170,12 +173,12 @@ def student_args(wildcards):
     args = [f"--arch {q(s['arch'])} --loss {s['loss']} --seed {s.get('seed', 0)}", recipe_args(s.get("recipe")),
             runtime_args(s.get("amp"))]
     if config.get("compile"):
-        args.append("--compile")
+        args.append("--cuda-graph")
     for key, value in (s.get("loss_options") or {}).items():
         flag = key.replace("_", "-")
         args.append(f"--{flag}" if value is True else f"--no-{flag}" if value is False else f"--{flag} {value}")
     if s.get("store"):  # the store names its dataset (and validation split); only where the data lives is local
-        args.append(f"--logits cache/logits/{s['store']}.zarr --data-root {q(config.get('data_root', 'data'))}")
+        args.append(f"--store cache/logits/{s['store']}.zarr --data-root {q(config.get('data_root', 'data'))}")
     else:
         args.append(dataset_args())
     return " ".join(args)
@@ -230,7 +233,7 @@ rule dump_shard:
         mem_mb=MEM_MB["dump"],
     shell:
         "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} "
-        "--shard {wildcards.shard}/{wildcards.shards} --quiet --out cache/logits/{wildcards.store}.zarr > {log} 2>&1"
+        "--shard {wildcards.shard}/{wildcards.shards} --quiet --store cache/logits/{wildcards.store}.zarr > {log} 2>&1"
 
 
 rule store_manifest:
@@ -244,7 +247,7 @@ rule store_manifest:
     resources:
         mem_mb=4000,  # one bounded-memory dask pass over the store, 1 core
     shell:
-        "{RLD} inspect cache/logits/{wildcards.store}.zarr --json --require-complete > {output} 2> {log}"
+        "{RLD} inspect --store cache/logits/{wildcards.store}.zarr --json --require-complete > {output} 2> {log}"
 
 
 rule student:

@@ -1,4 +1,4 @@
-"""GPU students: eager against captured (`--compile`), and K students sharing one GPU.
+"""GPU students: eager against captured (`--cuda-graph`), and K students sharing one GPU.
 
 Measured side by side with pipeline.train.train (the real loop: persistent view workers,
 logits gathered from the epoch plan, loss, SGD), resnet32x4 -> resnet8x4, batch 64, bf16:

@@ -26,6 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pipeline.errors import RLDError
+
 DEFAULT_ROOT_ENV = "RLD_DATA_ROOT"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -41,7 +43,7 @@ SPLITS = ("train", "val", "test")
 ValSplit = int | float  # samples per class (int >= 1), or a fraction of each class (0 < f < 1)
 
 
-class DatasetError(RuntimeError):
+class DatasetError(RLDError, RuntimeError):
     """A dataset is missing or malformed; the message says where and what was expected."""
 
 

@@ -40,7 +40,7 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, *, title
 
 
 def plot_store_report(report: dict[str, Any], path: Path) -> None:
-    """One PNG of a logit store's teacher (from `pipeline.inspect.inspect_store`): confidence
+    """One PNG of a logit store's teacher (from `pipeline.store_report.inspect_store`): confidence
     histogram, reliability diagram and MCD mask-size histogram on the cached views."""
     cached = report["cached_views"]
     bins = cached["reliability"]

@@ -8,10 +8,12 @@ import os
 import random
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import numpy as np
-import torch
+from pipeline._lazy import np, torch
+
+if TYPE_CHECKING:
+    import torch  # noqa: F811
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 

@@ -1,4 +1,4 @@
-"""The student's training step: eager, or replayed as a CUDA graph (`rld student train --compile`).
+"""The student's training step: eager, or replayed as a CUDA graph (`TrainConfig.compile`).
 
 A step is forward, loss, backward, SGD step, and the epoch's running sums of the loss terms
 and correct predictions. Nothing in it waits for the host: the objective runs without its
@@ -23,7 +23,7 @@ handled like this:
 
 Not captured, and refused by `resolve_compile`: fp16 autocast (GradScaler checks for inf
 gradients on the host every step) and DDP (gradient all-reduces inside a graph need NCCL
-set-up this project does not test). On a CPU there is nothing to capture: `--compile`
+set-up this project does not test). On a CPU there is nothing to capture: the student
 trains eagerly, with a one-line message.
 """
 
@@ -35,6 +35,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from pipeline.errors import ConfigError
 from pipeline.losses import Objective
 from pipeline.runtime import autocast
 
@@ -47,14 +48,15 @@ def resolve_compile(compile: bool, device: torch.device, amp: str, world_size: i
     if not compile:
         return False
     if device.type != "cuda":
-        print(f"--compile: CUDA graphs need a CUDA device; training eagerly on {device.type}", file=sys.stderr)
+        print(f"CUDA graph capture needs a CUDA device; training eagerly on {device.type}", file=sys.stderr)
         return False
     if amp == "fp16":
-        raise ValueError("--compile does not support --amp fp16: its GradScaler checks the gradients for inf on the "
-                         "host every step, which a CUDA graph cannot do; use --amp bf16 (the CUDA default) or off")
+        raise ConfigError("CUDA graph capture does not support fp16 autocast: its GradScaler checks the gradients "
+                          "for inf on the host every step, which a CUDA graph cannot do; use bf16 autocast (the CUDA "
+                          "default) or none", setting="amp")
     if world_size > 1:
-        raise ValueError("--compile does not support DDP (several GPUs per student): train each student on one GPU "
-                         "(gpus_per_job: 1, several per GPU with jobs_per_gpu), or without --compile")
+        raise ConfigError("CUDA graph capture does not support DDP (several GPUs per student): train each student "
+                          "on one GPU (several students may share one), or without capture", setting="cuda_graph")
     return True
 
 

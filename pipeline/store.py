@@ -39,6 +39,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
+from pipeline.errors import RLDError
 from pipeline.views import family_from_dict
 if TYPE_CHECKING:
     from pipeline.inference import Numerics
@@ -78,7 +79,7 @@ IDENTITY_FIELDS = (
 )
 
 
-class StoreError(RuntimeError):
+class StoreError(RLDError, RuntimeError):
     """A store is missing, foreign, incomplete, corrupted or does not match a request."""
 
 
@@ -214,25 +215,6 @@ class Unit:
 
     def __str__(self) -> str:
         return f"eval chunk {self.chunk}" if self.is_eval else f"slot {self.slot} chunk {self.chunk}"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' (0 <= I < N) -> (I, N)."""
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not (count >= 1 and 0 <= index < count):
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
-    return index, count
 
 
 class LogitStore:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.data import ImageSet, ValSplit, load_splits_with_val
+from pipeline.errors import ConfigError, NeedsTeacher
 from pipeline.inference import Numerics, default_family
 from pipeline.methods import get_method
 from pipeline.runtime import resolve_device
@@ -45,29 +46,29 @@ class StudentInputs:
 
 
 def student_inputs(
-    loss: str, data: DataRequest, *, store_path: str | None = None, teacher_path: str | None = None,
+    loss: str, data: DataRequest, *, store_path: str | None = None, expected_teacher: str | None = None,
     online_teacher: str | None = None, views: str | None = None, view_seed: int | None = None, seed: int = 0,
     epochs: int | None = None, device: str = "auto",
 ) -> StudentInputs:
     """Resolve a student request into its splits, teacher signal and epoch count.
 
     `views`/`view_seed` apply without a store (per-epoch:E | pool:P | exhaustive; seed
-    default `seed`). `teacher_path` only checks that the store comes from that teacher;
+    default `seed`). `expected_teacher` only checks that the store comes from that teacher;
     `online_teacher` runs it every step, with the store's numerics when there is a store.
     """
     if get_method(loss).needs_teacher and store_path is None and online_teacher is None:
-        raise ValueError(f"--loss {loss} needs a teacher: --logits STORE or --online-teacher FILE")
+        raise NeedsTeacher(loss)
     store = LogitStore.open(store_path) if store_path else None
     if store is not None:
         store.require_complete()
         data = _data_from_store(store, data)
     elif data.dataset is None:
-        raise ValueError("--dataset is required without --logits")
+        raise ConfigError("name a dataset: without a store there is none to take it from", setting="dataset")
     train_set, val_set, test_set = load_splits_with_val(data.dataset, root=data.root, subset=data.subset,
                                                         test_subset=data.test_subset, val_split=data.val_split)
     view_seed = seed if view_seed is None else view_seed
     if store is not None:
-        check_store(store, train_set, test_set, data.augment, teacher_path)
+        check_store(store, train_set, test_set, data.augment, expected_teacher)
         spec = ViewSpec.from_dict(store.attrs["views"])
     else:
         family = parse_family(data.augment) if data.augment else default_family(train_set)
@@ -105,14 +106,14 @@ def _signal(store: LogitStore | None, spec: ViewSpec, online_teacher: str | None
 
 
 def check_store(store: LogitStore, train_set: ImageSet, test_set: ImageSet, augment: str | None = None,
-                teacher_path: str | None = None) -> None:
+                expected_teacher: str | None = None) -> None:
     """Refuse a store that was made from other data, views or teacher than requested."""
     expected: dict[str, Any] = {"dataset": train_set.describe(), "eval_dataset": test_set.describe(),
                                 "normalization": train_set.normalization}
     if augment:
         expected["views"] = {"family": parse_family(augment).to_dict()}
-    if teacher_path:
-        expected["teacher"] = {"weights_sha256": load_teacher(teacher_path).weights_sha256}
+    if expected_teacher:
+        expected["teacher"] = {"weights_sha256": load_teacher(expected_teacher).weights_sha256}
     store.check(expected)
     if store.layout.classes != train_set.num_classes:
         raise StoreError(f"{store.path} holds {store.layout.classes}-class logits; the student has {train_set.num_classes} classes")

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from pipeline import models
+from pipeline.errors import TeacherFileError
+from pipeline.files import save_torch
 from pipeline.views import family_from_dict
 
 TEACHER_FORMAT = "rld-teacher"
@@ -88,26 +90,24 @@ class Teacher:
             "source": self.source,
             **({"extra": self.extra} if self.extra else {}),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        save_torch(payload, path)
         self.path = str(path)
+
 
 
 def load_teacher(path: str | os.PathLike, device: torch.device | str = "cpu") -> Teacher:
     """Read a teacher file; its weights must still hash to the recorded sha256."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such teacher file (make one with `rld teacher train` or `rld teacher import`)")
+        raise TeacherFileError(f"{path}: no such teacher file (train a teacher, or import weights, to make one)",
+                               remedy="make", missing=True)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"{path}: not a readable teacher file ({err})") from None
     if not isinstance(payload, dict) or payload.get("format") != TEACHER_FORMAT:
-        raise ValueError(
-            f"{path}: not an rld teacher file (no format={TEACHER_FORMAT!r}); "
-            "wrap mdistiller or torchvision weights with `rld teacher import`"
-        )
+        raise TeacherFileError(f"{path}: not an rld teacher file (no format={TEACHER_FORMAT!r}); import "
+                               "mdistiller or torchvision weights to make one", remedy="import")
     missing = [k for k in ("arch", "num_classes", "in_channels", "model", "weights_sha256") if k not in payload]
     if missing:
         raise ValueError(f"{path}: teacher file lacks field(s) {missing}")
@@ -119,10 +119,8 @@ def load_teacher(path: str | os.PathLike, device: torch.device | str = "cpu") ->
             family_from_dict(payload["family"])
         except (ValueError, TypeError) as err:
             # Its recorded accuracy was measured on other test views; the weights are fine.
-            raise ValueError(
-                f"{path}: its test accuracy was measured with {err}; measure it again with "
-                f"`rld teacher import --arch {payload['arch']} --weights {path} --dataset ... --out NEW.pt`"
-            ) from None
+            raise TeacherFileError(f"{path}: its test accuracy was measured with {err}; import its weights again to "
+                                   "measure it on today's test view", remedy="reimport", arch=payload["arch"]) from None
     model = models.build(payload["arch"], payload["num_classes"], in_channels=payload["in_channels"])
     models.load_weights(model, payload["model"], arch=payload["arch"])
     return Teacher(

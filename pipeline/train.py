@@ -14,8 +14,6 @@ with the same weights, and W DDP ranks train the same student as one process.
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import math
 import os
 import sys
@@ -32,59 +30,17 @@ from tqdm import tqdm
 
 from pipeline import models
 from pipeline.data import ImageSet, to_device, to_model_input
+from pipeline.errors import NeedsTeacher, RunExists, TrainingDiverged, writing
+from pipeline.files import save_torch, write_json
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.inference import Numerics, predict_test, rank_correlation, topk_accuracy
 from pipeline.losses import make_objective
+from pipeline.recipe import RUNTIME_ONLY, TrainConfig, learning_rate
 from pipeline.runtime import code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.step import CapturedStep, TrainStep, resolve_compile
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import Teacher, load_teacher
 from pipeline.views import EpochLoader, ViewSpec, batch_indices
-
-# Options that change how fast a run goes but not what it computes (beyond float rounding, for
-# `compile`): a run may resume with others.
-RUNTIME_ONLY = ("num_workers", "eval_batch_size", "compile")
-
-
-@dataclass
-class TrainConfig:
-    """A student run. Defaults are the paper's CIFAR-100 recipe (RLD.md)."""
-
-    arch: str
-    loss: str = "rld"
-    loss_options: dict[str, float | bool] = field(default_factory=dict)
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = (150, 180, 210)
-    lr_decay: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool = True
-    num_workers: int | None = None  # None: runtime.resolve_workers
-    eval_batch_size: int = 256
-    compile: bool = False  # replay the training step as a CUDA graph (pipeline/step.py); CUDA only
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["milestones"] = list(self.milestones)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["milestones"] = tuple(d.get("milestones", ()))
-        return cls(**d)
-
-
-def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    """mdistiller's step schedule: x lr_decay after each milestone, epochs counted from 1."""
-    steps = sum(epoch > m for m in cfg.milestones)
-    return cfg.lr * cfg.lr_decay**steps
-
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_samples)
@@ -200,10 +156,6 @@ def _check_inputs(plan: EpochPlan, indices: np.ndarray, crc: np.ndarray, epoch: 
 # The loop
 
 
-class RunExists(RuntimeError):
-    """The output folder holds a finished run, or a checkpoint of a different run."""
-
-
 def train(
     cfg: TrainConfig,
     train_set: ImageSet,
@@ -235,7 +187,7 @@ def train(
     out = Path(out_dir)
     objective = make_objective(cfg.loss, **cfg.loss_options)
     if objective.needs_teacher and signal.kind == "none":
-        raise ValueError(f"loss {cfg.loss!r} needs a teacher: give a logit store or an online teacher")
+        raise NeedsTeacher(cfg.loss)
     device = resolve_device(cfg.device)
     # No per-step value checks, on any device: each costs a host sync, which a GPU step must
     # not wait for and a captured step cannot contain. Each epoch's summed losses, and each
@@ -289,7 +241,7 @@ def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, am
            restart_stale, captured) -> _Run:
     """Build the model and optimizer, resume from a checkpoint of the same run, write config.json."""
     if (out / "summary.json").exists() and not overwrite:
-        raise RunExists(f"{out} already holds a finished run (summary.json); pass --force to train it again")
+        raise RunExists(f"{out} already holds a finished run (summary.json)")
     resolved = {**cfg.to_dict(), "loss_options": dict(objective.params)}
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.arch, train_set.num_classes, in_channels=train_set.in_channels)
@@ -316,7 +268,7 @@ def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, am
         if differs or ckpt["signal"] != signal.describe():
             what = ", ".join(differs) or "teacher signal (store, teacher or views)"
             if not restart_stale:
-                raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what}); pass --force to start over")
+                raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what})")
             print(f"{out}: discarding the checkpoint of a different run (differs in: {what})", file=sys.stderr)
         else:
             model.load_state_dict(ckpt["model"])
@@ -407,9 +359,9 @@ def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: Ima
     if not torch.isfinite(sums).all():
         bad = ", ".join(f"{name} {value}" for name, value in losses.items() if not math.isfinite(value))
         kept = f"checkpoint.pt keeps epoch {epoch}" if epoch else "no epoch was checkpointed"
-        raise RuntimeError(
-            f"epoch {epoch + 1}: non-finite training loss ({bad}): the student diverged (try a lower --lr, or "
-            f"--amp bf16/off instead of fp16) or a step's input or teacher logits held NaN/inf; {kept}"
+        raise TrainingDiverged(
+            f"epoch {epoch + 1}: non-finite training loss ({bad}): the student diverged (try a lower learning rate, "
+            f"or bf16 or no autocast instead of fp16) or a step's input or teacher logits held NaN/inf; {kept}"
         )
     row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr}
     row.update({f"loss_{name}": value for name, value in losses.items()})
@@ -450,7 +402,7 @@ def _evaluate_epoch(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set:
 
 
 def _save_checkpoint(run: _Run, signal: ViewsOnly) -> None:
-    _atomic_torch_save(
+    save_torch(
         {"epoch": run.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
          "scaler": run.scaler.state_dict(), "history": run.history, "best": run.best, "config": run.resolved,
          "signal": signal.describe(), "torch_rng": torch.get_rng_state(), "datasets": run.datasets},
@@ -528,7 +480,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 
     _write_json(out / "metrics.json", history)
     fields = list(dict.fromkeys(k for row in history for k in row))
-    with open(out / "metrics.csv", "w", newline="") as f:
+    with writing(out / "metrics.csv"), open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
@@ -536,9 +488,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, default=_json_default)
 
 
 def _json_default(value: Any) -> Any:
@@ -547,12 +497,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_teacher(
@@ -573,7 +517,7 @@ def train_teacher(
     """
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        raise RunExists(f"{out_path} exists; pass --force to train it again")
+        raise RunExists(f"{out_path} exists")
     if cfg.loss != "ce":
         raise ValueError(f"a teacher is trained with loss 'ce', not {cfg.loss!r}")
     run_dir = out_path.with_suffix(".run")

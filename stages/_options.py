@@ -1,13 +1,26 @@
-"""Click options shared by several stages, so each flag means the same thing everywhere."""
+"""Click options shared by several stages: one name per concept across commands.
+
+    --store PATH      a logit store (written by dump; read by inspect, verify, student train)
+    --teacher FILE    the teacher to run (dump, verify, student train --teacher: online)
+    --seed N          the training seed (teacher train, student train)
+    --view-seed N     the seed the views are drawn from (dump; student train without a store)
+    --out PATH        what a command makes: a teacher file, a student folder, a report folder
+    --cuda-graph      replay the training step as a CUDA graph
+
+Old spellings keep working for one release as hidden aliases that print a deprecation line
+(`renamed`). This module and every stage module import no torch at start, so `--help`
+answers at once; the stages import the library inside their commands.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import click
 
-from pipeline.data import parse_val_split
 from pipeline.methods import REGISTRY, option_meanings, option_names
+from pipeline.recipe import default
 from pipeline.runtime import AMP_CHOICES
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -22,9 +35,110 @@ def _stack(*decorators: Decorator) -> Decorator:
     return apply
 
 
+# What a stage turns into one line for the user: the library's errors (pipeline.errors) are
+# all of these kinds, and so are bad paths and a full disk.
+USER_ERRORS = (ValueError, RuntimeError, OSError)
+
+# The library's settings, as the CLI spells them (for errors that name a setting).
+FLAGS = {"loss": "--loss", "dataset": "--dataset", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
+         "teacher": "--teacher", "epochs": "--epochs", "milestones": "--milestones", "warmup": "--warmup"}
+
+
+def fail(err: Exception) -> click.ClickException:
+    """One line for the user instead of a traceback, in the CLI's words where the library's
+    error names a setting or a remedy."""
+    from pipeline.errors import ConfigError, NeedsTeacher, RunExists, TeacherFileError
+
+    message = " ".join(str(err).split())
+    if isinstance(err, NeedsTeacher):
+        message = f"--loss {err.method} needs a teacher: --store STORE, or --teacher FILE to run it every step"
+    elif isinstance(err, ConfigError) and err.setting in FLAGS:
+        message = f"{FLAGS[err.setting]}: {message}"
+    elif isinstance(err, RunExists):
+        message += "; pass --force to start over"
+    elif isinstance(err, TeacherFileError):
+        message += {"make": " (`rld teacher train` or `rld teacher import`)",
+                    "import": " (`rld teacher import`)",
+                    "reimport": f" (`rld teacher import --arch {err.arch} --weights FILE --dataset ... --out NEW.pt`)",
+                    }[err.remedy]
+    return click.ClickException(message)
+
+
+def renamed(old: str, new: str, dest: str, *, required: bool = False, **option: Any) -> Decorator:
+    """Keep `old` working as a hidden alias of `new` (which fills `dest`) for one release.
+
+    Using it prints a deprecation line; giving both is an error. `required`: the command
+    needs `new` or `old` (`new` itself must then be declared without click's required=True).
+    """
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        alias = f"renamed_{dest}"
+
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(alias)
+            if value not in (None, False, ()):
+                if kwargs.get(dest) not in (None, False, ()):
+                    raise click.UsageError(f"{old} is the old name of {new}: give {new} only")
+                click.echo(f"rld: {old} is deprecated and will be removed in the next release; use {new}", err=True)
+                kwargs[dest] = value
+            if required and kwargs.get(dest) is None:
+                raise click.UsageError(f"Missing option '{new}'.")
+            return f(*args, **kwargs)
+
+        return click.option(old, alias, hidden=True, **option)(command)
+
+    return apply
+
+
+def store_option(help: str, *, old: str | None = None) -> Decorator:
+    """--store PATH (required), and the command's old spelling of it."""
+    kind = click.Path(file_okay=False)
+    decorators = [click.option("--store", "store", type=kind, default=None, help=help + "  [required]")]
+    if old:
+        decorators.append(renamed(old, "--store", "store", required=True, type=kind, default=None))
+    else:
+        decorators.append(_required("store", "--store"))
+    return _stack(*decorators)
+
+
+def _required(dest: str, flag: str) -> Decorator:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get(dest) is None:
+                raise click.UsageError(f"Missing option '{flag}'.")
+            return f(*args, **kwargs)
+
+        return command
+
+    return apply
+
+
+def legacy_store_argument(f: Callable[..., Any]) -> Callable[..., Any]:
+    """inspect and verify took the store as a positional argument: still accepted, with a
+    deprecation line."""
+
+    @functools.wraps(f)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        positional = kwargs.pop("positional_store")
+        if positional is not None:
+            if kwargs.get("store") is not None:
+                raise click.UsageError("give the store once, with --store")
+            click.echo("rld: the store as a positional argument is deprecated and will be removed in the next "
+                       "release; use --store", err=True)
+            kwargs["store"] = positional
+        if kwargs.get("store") is None:
+            raise click.UsageError("Missing option '--store'.")
+        return f(*args, **kwargs)
+
+    return click.argument("positional_store", required=False, metavar="", type=click.Path(file_okay=False))(command)
+
+
 def dataset_options(required: bool = True) -> Decorator:
     return _stack(
-        click.option("--dataset", required=required, help="cifar100 | cifar10 | fashion-mnist | imagefolder | synthetic, options as name:key=value,..."),
+        click.option("--dataset", required=required,
+                     help="cifar100 | cifar10 | fashion-mnist | imagefolder | synthetic, options as name:key=value,..."),
         click.option("--data-root", type=click.Path(file_okay=False), default=None, envvar="RLD_DATA_ROOT",
                      help="Where datasets live (default ./data, or $RLD_DATA_ROOT)."),
         click.option("--subset", type=click.IntRange(min=1), default=None, help="Keep the first N training samples of each class."),
@@ -59,15 +173,12 @@ def runtime_options(channels_last: str | None = "on", *, workers: bool = True, a
 
 
 def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> int | float | None:
+    from pipeline.data import parse_val_split
+
     try:
         return parse_val_split(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
-
-
-def fail(err: Exception) -> click.ClickException:
-    """One line for the user instead of a traceback."""
-    return click.ClickException(str(err).strip())
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -79,18 +190,47 @@ def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -
         raise click.BadParameter(f"expected comma-separated epochs like 150,180,210, got {value!r}") from None
 
 
-def recipe_options(default_epochs: int | None = 240) -> Decorator:
-    """The optimiser recipe; defaults are the paper's CIFAR-100 settings."""
+def _shown(name: str) -> str:
+    value = default(name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def recipe_options(epochs_help: str = "Epochs to train.") -> Decorator:
+    """The optimiser recipe and the training seed. Unset, each takes the paper's CIFAR-100
+    value from `pipeline.recipe.TrainConfig` (shown as the default)."""
     return _stack(
-        click.option("--epochs", type=click.IntRange(min=1), default=default_epochs, show_default=default_epochs is not None),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--lr", type=float, default=0.05, show_default=True),
-        click.option("--momentum", type=float, default=0.9, show_default=True),
-        click.option("--weight-decay", type=float, default=5e-4, show_default=True),
-        click.option("--milestones", callback=_milestones, default="150,180,210", show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=None, show_default=_shown("epochs"), help=epochs_help),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default=_shown("batch_size"),
+                     help="Images per SGD step."),
+        click.option("--lr", type=float, default=None, show_default=_shown("lr"), help="Learning rate of SGD."),
+        click.option("--momentum", type=float, default=None, show_default=_shown("momentum"), help="SGD momentum."),
+        click.option("--weight-decay", type=float, default=None, show_default=_shown("weight_decay"),
+                     help="L2 weight decay of SGD."),
+        click.option("--milestones", callback=_milestones, default=None, show_default=_shown("milestones"),
                      help="Epochs after which the lr is multiplied by --lr-decay (empty: constant lr)."),
-        click.option("--lr-decay", type=float, default=0.1, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--lr-decay", type=float, default=None, show_default=_shown("lr_decay"),
+                     help="Factor the lr is multiplied by at each milestone."),
+        click.option("--seed", type=int, default=None, show_default=_shown("seed"),
+                     help="Training seed: initialisation, sample order and which view slot each sample replays."),
+    )
+
+
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "seed")
+
+
+def given_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """The recipe options the user set; the rest are left to TrainConfig's defaults."""
+    return {k: values[k] for k in RECIPE_KEYS if values.get(k) is not None}
+
+
+def cuda_graph_option() -> Decorator:
+    return _stack(
+        click.option("--cuda-graph", "cuda_graph", is_flag=True,
+                     help="Replay the training step as a CUDA graph (forward, loss, backward, SGD step): the same "
+                          "computation up to float rounding, one launch per step instead of hundreds. CUDA only (on a "
+                          "CPU it trains eagerly, saying so); not with --amp fp16 or DDP. A run may resume with or "
+                          "without it."),
+        renamed("--compile", "--cuda-graph", "cuda_graph", is_flag=True, default=False),
     )
 
 

@@ -1,35 +1,38 @@
-"""The `rld` command: one click group, each stage registers its command here."""
+"""The `rld` command: one click group, the stages in the order a pipeline runs them."""
 
 from __future__ import annotations
 
 import click
 
+from stages.data import data
+from stages.dump import dump_cmd
+from stages.gpu import on_gpus_cmd
+from stages.inspect import inspect_cmd
+from stages.report import report_cmd
+from stages.student import student
+from stages.teacher import teacher
+from stages.verify import verify_cmd
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class InPipelineOrder(click.Group):
+    """Lists its commands in the order they were added (click sorts them by name)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=InPipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rld-offline", prog_name="rld")
 def main() -> None:
-    """Offline-logit knowledge distillation with Refined Logit Distillation (RLD)."""
+    """Offline-logit knowledge distillation with Refined Logit Distillation (RLD).
+
+    A teacher runs once over every augmented view into a logit store; any number of
+    students then distil from the store. docs/cli.md describes every command.
+    """
 
 
-from stages.data import data  # noqa: E402
-from stages.dump import dump_cmd  # noqa: E402
-from stages.gpu import on_gpus_cmd  # noqa: E402
-from stages.report import report_cmd  # noqa: E402
-from stages.student import student  # noqa: E402
-from stages.teacher import teacher  # noqa: E402
-from stages.verify import verify_cmd  # noqa: E402
-
-main.add_command(data)
-main.add_command(teacher)
-main.add_command(dump_cmd)
-main.add_command(on_gpus_cmd)
-main.add_command(student)
-main.add_command(verify_cmd)
-main.add_command(report_cmd)
-
-from stages.inspect import inspect_cmd  # noqa: E402
-
-main.add_command(inspect_cmd)
+for command in (data, teacher, dump_cmd, inspect_cmd, verify_cmd, student, report_cmd, on_gpus_cmd):
+    main.add_command(command)
 
 
 if __name__ == "__main__":

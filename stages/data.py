@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import check_decodes, load_dataset
-from pipeline.runtime import cpu_budget
-from stages._options import fail
+from stages._options import USER_ERRORS, fail
 
 
 @click.group("data")
@@ -23,6 +21,9 @@ def data() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def check_cmd(dataset: str, data_root: str | None, workers: int | None, quiet: bool) -> None:
     """Decode every image of the train and test splits; list the bad ones (exit status 1 if any)."""
+    from pipeline.data import check_decodes, load_dataset
+    from pipeline.runtime import cpu_budget
+
     workers = min(8, cpu_budget()) if workers is None else workers
     bad, total = [], 0
     try:
@@ -36,7 +37,7 @@ def check_cmd(dataset: str, data_root: str | None, workers: int | None, quiet: b
                 click.echo(f"{split}: {found.files - len(found.bad)} of {found.files} images decode{sides}")
             bad += found.bad
             total += found.files
-    except (ValueError, RuntimeError) as err:
+    except USER_ERRORS as err:
         raise fail(err) from None
     for line in bad:
         click.echo(line)

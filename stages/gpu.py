@@ -11,7 +11,7 @@ from pipeline.gpu_slots import DEFAULT_LOCK_DIR, acquire, exec_on, visible_devic
 from stages._options import fail
 
 
-@click.command("on-gpus", context_settings={"ignore_unknown_options": True})
+@click.command("on-gpus", hidden=True, context_settings={"ignore_unknown_options": True})
 @click.option("--gpus", type=click.IntRange(min=0), default=1, show_default=True,
               help="Devices the command needs (0: run it as is).")
 @click.option("--jobs-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,

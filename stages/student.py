@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import click
 
-from pipeline.methods import METHODS, REGISTRY
-from pipeline.models import available
-from pipeline.student import DataRequest, student_inputs
-from pipeline.train import TrainConfig, train
-from stages._options import (checked_loss_options, dataset_options, fail, loss_options, method_epilog, recipe_options,
-                             runtime_options)
+from pipeline.methods import METHODS, REGISTRY, option_names
+from stages._options import (USER_ERRORS, checked_loss_options, cuda_graph_option, dataset_options, fail, given_recipe,
+                             loss_options, method_epilog, recipe_options, renamed, runtime_options)
 
 
 @click.group()
@@ -19,47 +16,52 @@ def student() -> None:
 
 @student.command("train", epilog=method_epilog())
 @click.option("--arch", required=True, help="Student model name (mdistiller's, e.g. resnet8x4).")
-@click.option("--logits", "store_path", type=click.Path(), default=None, help="Logit store to distil from.")
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Logit store to distil from; the student takes its data, views and epochs from it.")
+@renamed("--logits", "--store", "store", type=click.Path(file_okay=False), default=None)
 @click.option("--loss", type=click.Choice(METHODS), default="rld", show_default=True,
               help="Distillation method (its options: below).")
 @loss_options()
 @click.option("--same-t", is_flag=True, help="rld: SCD uses the MCD temperature (official --same-t); "
               "not with --alpha-temperature.")
 @dataset_options(required=False)
-@recipe_options(default_epochs=None)
+@recipe_options(epochs_help="Epochs to train [default: E with a per-epoch store of E views, else 240].")
 @runtime_options()
 @click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
-              help="Also require the store to come from this teacher file.")
-@click.option("--online-teacher", type=click.Path(dir_okay=False), default=None,
-              help="Run this teacher every step on the same views instead of reading the store. With "
-                   "--logits it computes with the store's recorded numerics (autocast, memory format) and "
-                   "dtype, so on a CPU it gives the stored logits bit for bit; without, with `rld dump`'s "
-                   "defaults, in float32.")
+              help="Run this teacher every step on the same views instead of reading the store. With --store it "
+                   "must be the store's teacher and computes with the store's recorded numerics (autocast, memory "
+                   "format) and dtype, so on a CPU it gives the stored logits bit for bit; without, with `rld "
+                   "dump`'s defaults, in float32.")
+@renamed("--online-teacher", "--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--expect-teacher", type=click.Path(dir_okay=False), default=None,
+              help="Refuse a store that does not come from this teacher file (checks, runs nothing).")
 @click.option("--views", default=None, help="Without a store: per-epoch:E | pool:P | exhaustive (default per-epoch:epochs).")
 @click.option("--view-seed", type=int, default=None, help="Without a store: seed of the views (default --seed).")
-@click.option("--compile", "compile_step", is_flag=True,
-              help="Replay the training step as a CUDA graph (forward, loss, backward, SGD step): the same "
-                   "computation up to float rounding, one launch per step instead of hundreds. CUDA only (on a CPU "
-                   "it trains eagerly, saying so); not with --amp fp16 or DDP. A run may resume with or without it.")
+@cuda_graph_option()
 @click.option("--force", is_flag=True, help="Start over even if the output holds a finished run or another run's checkpoint.")
 @click.option("--restart-stale", is_flag=True,
               help="If the output holds a checkpoint of a different run (another config), discard it and start over; "
                    "a finished run is still kept (the workflow passes this for its own work folders).")
-@click.option("--quiet", is_flag=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. students/resnet8x4")
-def train_cmd(arch, store_path, loss, same_t, dataset, data_root, subset, test_subset, val_split, augment, epochs,
-              batch_size, lr, momentum, weight_decay, milestones, lr_decay, seed, device, amp, channels_last, workers,
-              teacher_path, online_teacher, views, view_seed, compile_step, force, restart_stale, quiet, out,
-              **method_flags) -> None:  # noqa: ANN001
+def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset, val_split, augment, device, amp,
+              channels_last, workers, teacher_path, expect_teacher, views, view_seed, cuda_graph, force, restart_stale,
+              quiet, out, **options) -> None:  # noqa: ANN001
     """Train one student; resumable (rerun the same command after a kill).
 
     Defaults are the paper's recipe. With a per-epoch store of E views and no --epochs,
     the student trains E epochs; otherwise 240.
     """
+    from pipeline.models import available
+    from pipeline.student import DataRequest, student_inputs
+    from pipeline.train import TrainConfig, train
+
+    recipe = given_recipe(options)
+    method_flags = {k: options[k] for k in option_names() if options[k] is not None}
     try:
         if arch not in available():
             raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(available())}")
-        loss_options = checked_loss_options(loss, {k: v for k, v in method_flags.items() if v is not None})
+        loss_options = checked_loss_options(loss, method_flags)
         if same_t:
             if loss != "rld":
                 raise ValueError("--same-t applies only to --loss rld")
@@ -67,16 +69,14 @@ def train_cmd(arch, store_path, loss, same_t, dataset, data_root, subset, test_s
                 raise ValueError("--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
             loss_options["alpha_temperature"] = loss_options.get("temperature", REGISTRY["rld"].defaults["temperature"])
         data = DataRequest(dataset, data_root, subset, test_subset, val_split, augment)
-        inputs = student_inputs(loss, data, store_path=store_path, teacher_path=teacher_path,
-                                online_teacher=online_teacher, views=views, view_seed=view_seed, seed=seed,
-                                epochs=epochs, device=device)
-        cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=inputs.epochs, batch_size=batch_size,
-                          lr=lr, momentum=momentum, weight_decay=weight_decay, milestones=milestones, lr_decay=lr_decay,
-                          seed=seed, device=device, amp=amp, channels_last=channels_last, num_workers=workers,
-                          compile=compile_step)
+        inputs = student_inputs(loss, data, store_path=store, expected_teacher=expect_teacher, online_teacher=teacher_path,
+                                views=views, view_seed=view_seed, seed=recipe.get("seed", 0),
+                                epochs=recipe.pop("epochs", None), device=device)
+        cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=inputs.epochs, device=device, amp=amp,
+                          channels_last=channels_last, num_workers=workers, compile=cuda_graph, **recipe)
         summary = train(cfg, inputs.train_set, inputs.test_set, inputs.signal, out, val_set=inputs.val_set,
                         progress=not quiet, overwrite=force, restart_stale=restart_stale)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         raise fail(err) from None
     if summary:
         final, best = summary["final"], summary["best"]

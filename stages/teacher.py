@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.data import load_splits, load_splits_with_val
-from pipeline.inference import default_family
-from pipeline.runtime import resolve_amp, resolve_device
-from pipeline.train import TrainConfig, train_teacher
-from pipeline.teacher import import_teacher
-from pipeline.views import parse_family
-from stages._options import dataset_options, fail, recipe_options, runtime_options
+from stages._options import USER_ERRORS, dataset_options, fail, given_recipe, recipe_options, runtime_options
 
 
 @click.group()
@@ -25,18 +19,22 @@ def teacher() -> None:
 @runtime_options()
 @click.option("--force", is_flag=True, help="Train again even if the output exists.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write, e.g. teachers/resnet32x4.pt")
-def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment, epochs, batch_size, lr, momentum, weight_decay,
-              milestones, lr_decay, seed, device, amp, channels_last, workers, force, out) -> None:  # noqa: ANN001
+def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment, device, amp, channels_last, workers, force,
+              out, **recipe) -> None:  # noqa: ANN001
     """Plain cross-entropy training with the paper's recipe; records test accuracy."""
+    from pipeline.data import load_splits_with_val
+    from pipeline.inference import default_family
+    from pipeline.train import TrainConfig, train_teacher
+    from pipeline.views import parse_family
+
     try:
         train_set, val_set, test_set = load_splits_with_val(dataset, root=data_root, subset=subset,
                                                             test_subset=test_subset, val_split=val_split)
         family = parse_family(augment) if augment else default_family(train_set)
-        cfg = TrainConfig(arch=arch, loss="ce", epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, milestones=milestones, lr_decay=lr_decay, seed=seed,
-                          device=device, amp=amp, channels_last=channels_last, num_workers=workers)
+        cfg = TrainConfig(arch=arch, loss="ce", device=device, amp=amp, channels_last=channels_last, num_workers=workers,
+                          **given_recipe(recipe))
         result = train_teacher(cfg, train_set, test_set, family, out, val_set=val_set, overwrite=force)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         raise fail(err) from None
     click.echo(f"{out}: {arch}, test top-1 {result.accuracy['top1']:.2f}%, sha256 {result.weights_sha256[:12]}")
 
@@ -47,9 +45,15 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
               help="mdistiller ckpt_epoch_240.pth, a torchvision .pth, or any (DDP) state dict.")
 @dataset_options()
 @runtime_options(channels_last=None, workers=False)
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write.")
 def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split, augment, device, amp, out) -> None:  # noqa: ANN001
     """Wrap existing weights as a teacher file, measuring its test accuracy here."""
+    from pipeline.data import load_splits
+    from pipeline.inference import default_family
+    from pipeline.runtime import resolve_amp, resolve_device
+    from pipeline.teacher import import_teacher
+    from pipeline.views import parse_family
+
     try:
         train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
                                           val_split=val_split)
@@ -57,6 +61,6 @@ def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split
         dev = resolve_device(device)
         result = import_teacher(arch, weights, train_set, test_set, family, device=dev, amp=resolve_amp(amp, dev))
         result.save(out)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except USER_ERRORS as err:
         raise fail(err) from None
     click.echo(f"{out}: {arch} from {weights}, test top-1 {result.accuracy['top1']:.2f}%, sha256 {result.weights_sha256[:12]}")

@@ -165,15 +165,15 @@ def test_a_cuda_dump_records_its_numerics_and_verifies_with_them(tmp_path, teach
     assert report.ok and report.input_mismatches == 0 and report.tolerance == 0.25, report
 
 
-DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--seed", "3", "--dtype", "float32",
+DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--view-seed", "3", "--dtype", "float32",
              "--chunk-samples", "16", "--batch-size", "16", "--quiet"]
 
 
 def test_sigkilled_dump_process_resumes_and_equals_an_uninterrupted_run(tmp_path, teacher_file):
-    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(tmp_path / "whole.zarr"))
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(tmp_path / "whole.zarr"))
     killed = tmp_path / "killed.zarr"
     proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "dump", "--teacher", str(teacher_file), *DUMP_ARGS,
-                             "--out", str(killed)], env={**os.environ, **SUBPROCESS_ENV},
+                             "--store", str(killed)], env={**os.environ, **SUBPROCESS_ENV},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Polls until the first unit is durable; the deadline only bounds a hung dump (a loaded
     # CI machine can take a minute to import torch and start the teacher).
@@ -185,15 +185,15 @@ def test_sigkilled_dump_process_resumes_and_equals_an_uninterrupted_run(tmp_path
     assert killed.exists(), "the dump wrote no unit within 600 s"
     store = LogitStore.open(killed)
     assert 0 < len(store.pending()) < len(store.units()), "the kill should land mid-dump"
-    rld("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(killed))
+    rld("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(killed))
     assert_same_store(tmp_path / "whole.zarr", killed)
 
 
 def test_two_shard_processes_fill_one_store_like_one_process(tmp_path, teacher_file):
-    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(tmp_path / "one.zarr"))
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(tmp_path / "one.zarr"))
     shared = tmp_path / "two.zarr"
     procs = [subprocess.Popen([sys.executable, "-m", "stages.cli", "dump", "--teacher", str(teacher_file), *DUMP_ARGS,
-                               "--shard", f"{i}/2", "--out", str(shared)], env={**os.environ, **SUBPROCESS_ENV},
+                               "--shard", f"{i}/2", "--store", str(shared)], env={**os.environ, **SUBPROCESS_ENV},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate() for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
@@ -212,7 +212,7 @@ def test_dump_refuses_a_store_made_from_other_views_or_data(tmp_path, teacher, s
     with pytest.raises(ProvenanceMismatch, match="dataset.subset") as err:
         dump(teacher, smaller, test, spec, tmp_path / "s.zarr", progress=False)
     assert "dataset.fingerprint" in str(err.value) and "dataset.size" in str(err.value)
-    result = cli("dump", "--teacher", str(tmp_path / "nope.pt"), *DUMP_ARGS, "--out", str(tmp_path / "x.zarr"))
+    result = cli("dump", "--teacher", str(tmp_path / "nope.pt"), *DUMP_ARGS, "--store", str(tmp_path / "x.zarr"))
     assert result.exit_code == 1 and "no such teacher file" in result.stderr
 
 
@@ -241,23 +241,23 @@ def test_non_finite_teacher_logits_stop_the_dump_naming_sample_and_view(tmp_path
 
 def test_max_gb_guard_and_predicted_size_are_printed(tmp_path, teacher_file):
     result = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--max-gb", "0.00001",
-                 "--out", str(tmp_path / "big.zarr"))
+                 "--store", str(tmp_path / "big.zarr"))
     assert result.exit_code == 1 and "exceeds --max-gb" in result.stderr
     # 4 float32 logits + 3 int16 view parameters + argmax and crc32 = 30 bytes a view
-    assert "4 views x 96 samples x 4 classes float32 = 13.2 KB predicted (30 B per view), 27 write units" in result.stdout
+    assert "4 views x 96 samples x 4 classes float32 = 13.2 kB predicted (30 B per view), 27 write units" in result.stdout
     assert not (tmp_path / "big.zarr").exists()
 
 
 def test_verify_accepts_a_faithful_store_and_catches_tampering(tmp_path, teacher_file):
     store_path = tmp_path / "s.zarr"
-    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
-    ok = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "40")
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(store_path))
+    ok = cli("verify", "--store", str(store_path), "--teacher", str(teacher_file), "--samples", "40")
     assert ok.exit_code == 0 and "OK" in ok.stdout and "argmax agreement 100.00%" in ok.stdout
     store = LogitStore.open(store_path, mode="r+")
     # 0.01: above a float32 store's tolerance (1e-3, float32 rounding), below an fp16 store's
     # (2e-2): a float32 store is held to float32 rounding.
     store.group["logits"][2, 0:16] = store.group["logits"][2, 0:16] + 0.01
-    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "64")
+    bad = cli("verify", "--store", str(store_path), "--teacher", str(teacher_file), "--samples", "64")
     assert bad.exit_code == 1 and "FAILED" in bad.stdout
 
 
@@ -265,11 +265,11 @@ def test_verify_reports_every_input_crc_mismatch(tmp_path, teacher_file):
     """Five views whose recorded input crc32 differs from the view re-built from their parameters
     (the logits untouched): verify re-runs all 384 views, counts the five and fails."""
     store_path = tmp_path / "s.zarr"
-    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(store_path))
     crc = LogitStore.open(store_path, mode="r+").group["input_crc"]
     for slot, sample in ((0, 95), (1, 3), (1, 50), (2, 17), (3, 0)):
         crc[slot, sample] = crc[slot, sample] ^ 0x10
-    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
+    bad = cli("verify", "--store", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
     assert report["views_checked"] == 384 and report["input_mismatches"] == 5 and report["ok"] is False
@@ -281,27 +281,27 @@ def test_verify_rebuilds_views_from_the_stored_parameters(tmp_path, teacher_file
     views a student would replay are not the ones the teacher saw, and verify, which rebuilds
     each view from its stored parameters, counts the three."""
     store_path = tmp_path / "s.zarr"
-    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", str(store_path))
+    cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(store_path))
     views = LogitStore.open(store_path, mode="r+").group["views"]
     for slot, sample in ((0, 10), (2, 40), (3, 95)):
         params = views[slot, sample]
         params[0] = (params[0] + 1) % 9  # the crop one row lower (or back at the top)
         views[slot, sample] = params
-    bad = cli("verify", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
+    bad = cli("verify", "--store", str(store_path), "--teacher", str(teacher_file), "--samples", "384", "--json")
     report = json.loads(bad.stdout)
     assert bad.exit_code == 1 and report["input_mismatches"] == 3 and report["ok"] is False, report
 
 
 def test_cli_round_trip_dump_inspect_verify(tmp_path, teacher_file, teacher):
     store = str(tmp_path / "s.zarr")
-    dumped = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--out", store)
+    dumped = cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", store)
     assert dumped.exit_code == 0 and "complete" in dumped.stdout
-    report = json.loads(cli("inspect", store, "--json", "--require-complete").stdout)
+    report = json.loads(cli("inspect", "--store", store, "--json", "--require-complete").stdout)
     assert report["completeness"]["complete"] is True
     # The test-split accuracy inspect computes from the store is the teacher's own (the
     # teacher's is a float32 mean, inspect's float64: approx's default 1e-6 relative).
     assert report["test_split"]["top1_pct"] == pytest.approx(teacher.accuracy["top1"])
-    verified = cli("verify", store, "--teacher", str(teacher_file), "--samples", "32", "--json")
+    verified = cli("verify", "--store", store, "--teacher", str(teacher_file), "--samples", "32", "--json")
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True
 
 
@@ -313,12 +313,12 @@ def test_a_store_with_a_validation_split_holds_the_rest_and_verifies(tmp_path, t
 
     store = tmp_path / "s.zarr"
     dumped = cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--val-split", "4", "--views", "per-epoch:1",
-                 "--dtype", "float32", "--quiet", "--out", str(store))
+                 "--dtype", "float32", "--quiet", "--store", str(store))
     assert dumped.exit_code == 0, dumped.output
     recorded = LogitStore.open(store).attrs["dataset"]
     assert (recorded["val_split"], recorded["size"]) == (4, 80)
     assert recorded["fingerprint"] == load_dataset(SYNTH, "train", val_split=4).fingerprint
-    verified = cli("verify", str(store), "--teacher", str(teacher_file), "--samples", "16", "--json")
+    verified = cli("verify", "--store", str(store), "--teacher", str(teacher_file), "--samples", "16", "--json")
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True, verified.output
 
 

@@ -57,24 +57,24 @@ def test_teacher_on_an_image_folder_scores_on_test_as_it_trains(folder_teacher):
 def test_resized_crop_store_round_trip_and_old_records_are_refused(tmp_path, folder, folder_teacher):
     store_path = tmp_path / "shapes.zarr"
     args = ["--dataset", "imagefolder", "--data-root", str(folder), "--subset", "10", "--test-subset", "5"]
-    result = cli("dump", "--teacher", str(folder_teacher), *args, "--views", "per-epoch:2", "--out", str(store_path))
+    result = cli("dump", "--teacher", str(folder_teacher), *args, "--views", "per-epoch:2", "--store", str(store_path))
     assert result.exit_code == 0, result.output
     store = LogitStore.open(store_path)
     assert store.layout.param_count == 2 * ResizedCropFlip.ATTEMPTS + 3 and store.layout.param_dtype == "float32"
     # Every stored view rebuilt from its 23 parameters on its image is the input the teacher saw.
-    result = cli("verify", str(store_path), "--teacher", str(folder_teacher), "--data-root", str(folder), "--samples", "80")
+    result = cli("verify", "--store", str(store_path), "--teacher", str(folder_teacher), "--data-root", str(folder), "--samples", "80")
     assert result.exit_code == 0 and "input mismatches 0: OK" in result.output, result.output
 
     # A store recorded by the old family: its 5 parameters per view would replay as other views.
     group = zarr.open_group(str(store_path), mode="r+")
     group.attrs["views"] = {**group.attrs["views"], "family": OLD_FAMILY_32}
-    result = cli("student", "train", "--arch", "resnet8", "--logits", str(store_path), "--data-root", str(folder),
+    result = cli("student", "train", "--arch", "resnet8", "--store", str(store_path), "--data-root", str(folder),
                  "--out", str(tmp_path / "student"))
     assert result.exit_code == 1
     assert f"{store_path}: made with view family" in result.stderr and '"test_resize": 256' in result.stderr
     assert "resized-crop version 1" in result.stderr and "dump it again" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-    result = cli("dump", "--teacher", str(folder_teacher), *args, "--views", "per-epoch:2", "--out", str(store_path))
+    result = cli("dump", "--teacher", str(folder_teacher), *args, "--views", "per-epoch:2", "--store", str(store_path))
     assert result.exit_code == 1 and "version 1" in result.stderr
 
 
@@ -98,11 +98,12 @@ def test_teacher_recorded_with_the_old_family_is_refused_until_measured_again(tm
     old = tmp_path / "old.pt"
     torch.save({**payload, "family": OLD_FAMILY_32}, old)
     with pytest.raises(ValueError, match=r"old\.pt: its test accuracy was measured with view family .*test_resize\": 256.* "
-                                         r"resized-crop version 1 .*rld teacher import --arch resnet8 --weights"):
+                                         r"resized-crop version 1 .*import its weights again"):
         load_teacher(old)
     result = cli("dump", "--teacher", str(old), "--dataset", "imagefolder", "--data-root", str(folder),
-                 "--views", "per-epoch:1", "--out", str(tmp_path / "s.zarr"))
+                 "--views", "per-epoch:1", "--store", str(tmp_path / "s.zarr"))
     assert result.exit_code == 1 and "version 1" in result.stderr and not (tmp_path / "s.zarr").exists()
+    assert "(`rld teacher import --arch resnet8 --weights FILE --dataset ... --out NEW.pt`)" in result.stderr
     # The remedy the message gives: the same weights, accuracy measured on today's test view.
     result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(old), "--dataset", "imagefolder",
                  "--data-root", str(folder), "--augment", "resized-crop:size=32",

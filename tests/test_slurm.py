@@ -230,7 +230,7 @@ def test_the_workflow_on_slurm_survives_a_cancelled_dump_shard_and_a_cancelled_s
     # The store equals an uninterrupted dump of the same teacher (one process, no shards).
     cli("dump", "--teacher", str(wd / "teachers/t.pt"), "--dataset", SYNTH, "--val-split", "4",
         "--views", f"per-epoch:{EPOCHS}", "--dtype", "float32", "--batch-size", "8", "--amp", "off", "--quiet",
-        "--out", str(tmp_path / "whole.zarr"))
+        "--store", str(tmp_path / "whole.zarr"))
     a, b = LogitStore.open(store_path), LogitStore.open(tmp_path / "whole.zarr")
     assert a.complete and a.id == b.id
     for name in ("logits", "views", "input_crc", "eval/logits"):
@@ -244,7 +244,7 @@ def test_the_workflow_on_slurm_survives_a_cancelled_dump_shard_and_a_cancelled_s
     assert len(history) == EPOCHS
     # ... and it ends with the weights of an uninterrupted run, bit for bit.
     ref = tmp_path / "a-uninterrupted"
-    result = cli("student", "train", *STUDENT_A, "--logits", str(store_path), "--out", str(ref))
+    result = cli("student", "train", *STUDENT_A, "--store", str(store_path), "--out", str(ref))
     assert result.exit_code == 0, result.output
     ours = json.loads((wd / "students/a/config.json").read_text())["config"]
     assert json.loads((ref / "config.json").read_text())["config"] == ours

@@ -17,11 +17,11 @@ from pipeline.store import (
     Unit,
     compare,
     create_or_open,
-    human_bytes,
-    parse_shard,
     plan_layout,
     store_id,
 )
+from pipeline.units import format_bytes
+from stages.dump import parse_shard
 
 
 def provenance(**changes) -> dict:
@@ -214,7 +214,7 @@ def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
     def size(family, slots: int, samples: int, classes: int, eval_samples: int) -> str:
         layout = plan_layout(slots=slots, samples=samples, classes=classes, param_count=len(family.param_names),
                              param_dtype=np.dtype(family.param_dtype).name, dtype="float16", eval_samples=eval_samples)
-        return human_bytes(layout.predicted_bytes)
+        return format_bytes(layout.predicted_bytes)
 
     cifar_exhaustive = size(CropFlip(), 162, 50_000, 100, 10_000)
     cifar_240 = size(CropFlip(), 240, 50_000, 100, 10_000)

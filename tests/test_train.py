@@ -561,11 +561,11 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
         assert result.exit_code == 1, result.output
         assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
-    logits = ["--logits", str(store32.path)]
+    logits = ["--store", str(store32.path)]
     fails("student", "train", "--arch", "resnet9", *logits, "--out", str(tmp_path / "a"), match="valid: resnet8, resnet14")
     fails(*STUDENT, *logits, "--loss", "kd", "--beta", "2", "--out", str(tmp_path / "b"),
           match="--beta does not apply to --loss kd; its options: --ce-weight, --kd-weight")
-    fails(*STUDENT, "--logits", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "c"), match="no such logit store")
+    fails(*STUDENT, "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "c"), match="no such logit store")
     fails(*STUDENT, *logits, "--subset", "5", "--out", str(tmp_path / "d"), match="dataset.subset: store has null, requested 5")
     fails(*STUDENT, *logits, "--dataset", "synthetic:classes=5,train=96,test=40", "--out", str(tmp_path / "e"),
           match="dataset.num_classes: store has 4, requested 5")
@@ -584,7 +584,7 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
 
 def test_same_t_gives_the_scd_part_the_temperature_given_with_T(tmp_path, store32):
     """--same-t is the official code's flag: SCD uses the MCD temperature, the one -T gives."""
-    result = cli(*STUDENT, "--logits", str(store32.path), "--loss", "rld", "--same-t", "-T", "2", "--out", str(tmp_path / "s"))
+    result = cli(*STUDENT, "--store", str(store32.path), "--loss", "rld", "--same-t", "-T", "2", "--out", str(tmp_path / "s"))
     assert result.exit_code == 0, result.output
     options = json.loads((tmp_path / "s" / "config.json").read_text())["config"]["loss_options"]
     assert options["temperature"] == 2.0 and options["alpha_temperature"] == 2.0, options
@@ -595,13 +595,13 @@ def test_cli_defaults_make_store_and_online_teacher_students_bitwise_equal(tmp_p
     and one whose --online-teacher adopts that store's numerics and dtype end bitwise equal."""
     store = tmp_path / "s.zarr"
     dumped = cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--views", "per-epoch:2", "--quiet",
-                 "--out", str(store))
+                 "--store", str(store))
     assert dumped.exit_code == 0, dumped.output
     inference = LogitStore.open(store).attrs["inference"]
     assert {k: inference[k] for k in ("device", "amp", "channels_last")} == {"device": "cpu", "amp": "off", "channels_last": False}
     assert LogitStore.open(store).layout.dtype == "float16"
-    student = ["student", "train", "--arch", "resnet8", "--epochs", "2", "--batch-size", "40", "--quiet", "--logits", str(store)]
-    for name, extra in (("offline", []), ("online", ["--online-teacher", str(teacher_file)])):
+    student = ["student", "train", "--arch", "resnet8", "--epochs", "2", "--batch-size", "40", "--quiet", "--store", str(store)]
+    for name, extra in (("offline", []), ("online", ["--teacher", str(teacher_file)])):
         result = cli(*student, *extra, "--out", str(tmp_path / name))
         assert result.exit_code == 0, result.output
     assert max_weight_delta(tmp_path / "offline" / "final.pt", tmp_path / "online" / "final.pt") == 0.0
@@ -610,7 +610,7 @@ def test_cli_defaults_make_store_and_online_teacher_students_bitwise_equal(tmp_p
 
 
 def test_cli_student_resumes_after_sigkill_with_identical_weights(tmp_path, store32):
-    args = [*STUDENT, "--logits", str(store32.path)]
+    args = [*STUDENT, "--store", str(store32.path)]
     args[args.index("--epochs") + 1] = "3"
     rld(*args, "--out", str(tmp_path / "whole"))
     killed = tmp_path / "killed"
@@ -663,7 +663,7 @@ DDP_ARGS = ["student", "train", "--arch", "resnet8", "--loss", "kd", "-T", "1", 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Data has no positive values")  # the lr-0 run's log-scale lr plot
 def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
-    args = [*DDP_ARGS, "--logits", str(store32.path)]
+    args = [*DDP_ARGS, "--store", str(store32.path)]
     for name, extra in (("one", []), ("init", ["--lr", "0"])):  # lr 0: SGD leaves the initial weights
         result = cli(*args, *extra, "--out", str(tmp_path / name))
         assert result.exit_code == 0, result.output
@@ -740,19 +740,19 @@ def test_compile_is_refused_where_a_graph_cannot_capture_the_step():
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
     assert resolve_compile(True, cuda, "bf16", 1) and resolve_compile(True, cuda, "off", 1)
     assert not resolve_compile(False, cuda, "fp16", 4)
-    with pytest.raises(ValueError, match=r"--compile does not support --amp fp16: .*use --amp bf16"):
+    with pytest.raises(ValueError, match=r"CUDA graph capture does not support fp16 autocast: .*use bf16 autocast"):
         resolve_compile(True, cuda, "fp16", 1)
-    with pytest.raises(ValueError, match=r"--compile does not support DDP"):
+    with pytest.raises(ValueError, match=r"CUDA graph capture does not support DDP"):
         resolve_compile(True, cuda, "bf16", 2)
 
 
 def test_compile_on_a_cpu_says_so_in_one_line_and_trains_the_eager_student(tmp_path, store32):
-    args = [*STUDENT, "--logits", str(store32.path)]
+    args = [*STUDENT, "--store", str(store32.path)]
     plain = cli(*args, "--out", str(tmp_path / "plain"))
-    compiled = cli(*args, "--compile", "--out", str(tmp_path / "compiled"))
+    compiled = cli(*args, "--cuda-graph", "--out", str(tmp_path / "compiled"))
     assert plain.exit_code == 0 and compiled.exit_code == 0, compiled.output
-    assert compiled.stderr.splitlines() == ["--compile: CUDA graphs need a CUDA device; training eagerly on cpu"]
-    assert "--compile" not in plain.stderr
+    assert compiled.stderr.splitlines() == ["CUDA graph capture needs a CUDA device; training eagerly on cpu"]
+    assert "--cuda-graph" not in plain.stderr
     assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] is True
     assert max_weight_delta(tmp_path / "plain" / "final.pt", tmp_path / "compiled" / "final.pt") == 0.0
 
@@ -861,11 +861,11 @@ def test_captured_step_trains_the_eager_student_on_a_gpu(tmp_path, teacher_file,
 
 @pytest.mark.gpu
 def test_compile_through_the_cli_on_a_gpu(tmp_path, store32):
-    """`--compile` with every other default on CUDA (bf16, channels_last) trains and reports;
+    """`--cuda-graph` with every other default on CUDA (bf16, channels_last) trains and reports;
     fp16 autocast is refused in one line."""
-    args = [*STUDENT, "--logits", str(store32.path), "--device", "cuda", "--compile"]
+    args = [*STUDENT, "--store", str(store32.path), "--device", "cuda", "--cuda-graph"]
     refused = cli(*args, "--amp", "fp16", "--out", str(tmp_path / "fp16"))
-    assert refused.exit_code == 1 and "--compile does not support --amp fp16" in refused.stderr
+    assert refused.exit_code == 1 and "--amp: CUDA graph capture does not support fp16 autocast" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "fp16").exists()
     result = cli(*args, "--channels-last", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output

@@ -104,7 +104,7 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     students = [c for c in commands if "student train" in c]
     others = [c for c in commands if " dump " in c or "teacher train" in c]
     assert students and others, commands
-    assert all("--compile" in c for c in students) and not any("--compile" in c for c in others)
+    assert all("--cuda-graph" in c for c in students) and not any("--cuda-graph" in c for c in others)
 
 
 def test_every_method_and_its_options_reach_the_student_commands(tmp_path):
@@ -228,7 +228,7 @@ def test_a_killed_dump_keeps_its_finished_units_and_the_rerun_completes(tmp_path
 
     # ... and the store equals an uninterrupted dump of the same teacher and views.
     cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--val-split", "4", "--views", "per-epoch:6", "--dtype", "float32",
-        "--batch-size", "8", "--quiet", "--out", str(tmp_path / "whole.zarr"))
+        "--batch-size", "8", "--quiet", "--store", str(tmp_path / "whole.zarr"))
     a, b = LogitStore.open(store_path), LogitStore.open(tmp_path / "whole.zarr")
     for name in ("logits", "views", "input_crc", "eval/logits"):
         assert np.array_equal(a.group[name][:], b.group[name][:]), name

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.methods._lazy import ops
+from pipeline._lazy import ops
 from pipeline.methods.base import LOGIT_STAND, Method, Params, ce_weight, kd_weight, temperature
 
 if TYPE_CHECKING:

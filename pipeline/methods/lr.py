@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.methods._lazy import F
+from pipeline._lazy import F
 from pipeline.methods.base import Method, Option, Params, ce_weight
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.methods._lazy import F, ops, torch
+from pipeline._lazy import F, ops, torch
 from pipeline.methods.base import LOGIT_STAND, Method, Params, ce_weight, kd_weight, temperature
 from pipeline.methods.kd import official_logit_stand  # the official CLI treats MLKD's KD weight and T as KD's
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pipeline.methods._lazy import ops
+from pipeline._lazy import ops
 from pipeline.methods.base import LOGIT_STAND, Method, Option, Params, ce_weight, temperature, warmup
 from pipeline.methods.dkd import alpha_beta_scales, weigh
 

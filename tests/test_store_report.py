@@ -1,4 +1,4 @@
-"""Tests for `rld inspect` (pipeline.inspect, stages.inspect, plots.plot_store_report).
+"""Tests for `rld inspect` (pipeline.store_report, stages.inspect, plots.plot_store_report).
 
 Stores are built here with hand-made logits (no teacher), and every expected number is
 computed independently with plain numpy in float64: ranks from a stable sort, masks as
@@ -21,8 +21,8 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-import pipeline.inspect as inspect_module
-from pipeline.inspect import _CheckedArray, _chunk_keys, inspect_store
+import pipeline.store_report as inspect_module
+from pipeline.store_report import _CheckedArray, _chunk_keys, inspect_store
 from pipeline.store import LogitStore, StoreError, create_or_open, plan_layout
 from stages.cli import main
 
@@ -196,7 +196,7 @@ def test_incomplete_store_counts_done_units_only(tmp_path):
     assert rep["cached_views"]["mask_size"]["counts"] == ref["mask_counts"]
     assert rep["test_split"]["views"] == 0 and rep["test_split"]["top1_pct"] is None
 
-    result = CliRunner().invoke(main, ["inspect", str(path)])
+    result = CliRunner().invoke(main, ["inspect", "--store", str(path)])
     assert result.exit_code == 0, result.output
     assert "INCOMPLETE: 3 of 7 write units missing" in result.output
     assert "1 (1/3)" in result.output  # slot 1 has 1 of 3 chunks
@@ -227,7 +227,7 @@ def test_each_chunk_read_once_in_bounded_blocks(toy, monkeypatch, block_bytes):
 def test_cli_text_json_and_plot(toy, tmp_path):
     runner = CliRunner()
     rep = toy["report"]
-    text = runner.invoke(main, ["inspect", str(toy["path"])])
+    text = runner.invoke(main, ["inspect", "--store", str(toy["path"])])
     assert text.exit_code == 0, text.output
     cached = rep["cached_views"]
     for needle in (f"{cached['top1_pct']:.2f}%", f"{cached['wrong_pct']:.2f}%", f"{cached['ece_pct']:.2f}%",
@@ -235,7 +235,7 @@ def test_cli_text_json_and_plot(toy, tmp_path):
         assert needle in text.output
     assert len(text.output.splitlines()) < 120
 
-    js = runner.invoke(main, ["inspect", str(toy["path"]), "--json"])
+    js = runner.invoke(main, ["inspect", "--store", str(toy["path"]), "--json"])
     assert js.exit_code == 0, js.output
     parsed = json.loads(js.output)
     assert parsed["cached_views"]["top1_pct"] == pytest.approx(cached["top1_pct"])
@@ -244,13 +244,13 @@ def test_cli_text_json_and_plot(toy, tmp_path):
     assert parsed["provenance"]["dataset"]["classes"] == NAMES
 
     png = tmp_path / "sub" / "inspect.png"
-    plot = runner.invoke(main, ["inspect", str(toy["path"]), "--plot", str(png)])
+    plot = runner.invoke(main, ["inspect", "--store", str(toy["path"]), "--plot", str(png)])
     assert plot.exit_code == 0, plot.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _one_line_error(args: list[str]) -> str:
-    result = CliRunner().invoke(main, ["inspect", *args])
+    result = CliRunner().invoke(main, ["inspect", "--store", *args])
     assert result.exit_code != 0
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
     lines = result.output.strip().splitlines()

@@ -1,9 +1,10 @@
-"""torch, as the method modules use it, imported when a loss is first computed.
+"""torch (and numpy), imported when first used, for modules the CLI reads at start.
 
 A method module declares its options and help (read by `rld --help`, the config schema,
-grid expansion and the docs) next to its tensor code. Importing torch takes about 2 s, so
-the modules name it through these stand-ins, which import the real module on first use
-and from then on answer attribute reads as the module would.
+grid expansion and the docs) next to its tensor code, and `pipeline.runtime` holds the
+device and autocast choices the CLI offers. Importing torch takes about 2 s, so these
+modules name it through stand-ins that import the real module on first use and from then
+on answer attribute reads as the module would.
 """
 
 from __future__ import annotations
@@ -24,4 +25,5 @@ class _OnFirstUse:
 
 torch: Any = _OnFirstUse("torch")
 F: Any = _OnFirstUse("torch.nn.functional")
+np: Any = _OnFirstUse("numpy")
 ops: Any = _OnFirstUse("pipeline.methods.ops")

@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 
 from pipeline.store import Layout, LogitStore, StoreError
+from pipeline.units import format_bytes
 
 ECE_BINS = 15
 WORST_CLASSES = 10
@@ -575,13 +576,7 @@ def _worst_classes(views: np.ndarray, errors: np.ndarray, names: list[str] | Non
 
 
 def _bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
+    return "-" if n is None else format_bytes(n)
 
 
 def _pct(v: float | None, digits: int = 2) -> str:
