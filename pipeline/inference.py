@@ -91,18 +91,23 @@ def forward_batches(
     """Yield (float32 logits, sample indices, crc32 of each view) per batch, in eval mode.
 
     Batch k's logits are fetched only after batch k+1 is queued, so an accelerator never
-    waits for the host between batches.
+    waits for the host between batches. Inference mode is on only while a batch is computed,
+    never across a `yield`: a caller that stops iterating (an error, a full disk) must not be
+    left with autograd switched off until the generator is collected.
     """
     model = numerics.prepare(model, device)
     pending = None
-    with torch.inference_mode():
-        for views, _labels, indices, crc in loader:
+    for views, _labels, indices, crc in loader:
+        with torch.inference_mode():
             logits = numerics.forward(model, to_model_input(views, mean, std, device=device))
-            if pending is not None:
-                yield pending[0].cpu().numpy(), pending[1], pending[2]
-            pending = (logits, indices, crc)
-        if pending is not None:
-            yield pending[0].cpu().numpy(), pending[1], pending[2]
+            ready = None if pending is None else (pending[0].cpu().numpy(), pending[1], pending[2])
+        pending = (logits, indices, crc)
+        if ready is not None:
+            yield ready
+    if pending is not None:
+        with torch.inference_mode():
+            ready = (pending[0].cpu().numpy(), pending[1], pending[2])
+        yield ready
 
 
 def predict_test(
