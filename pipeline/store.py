@@ -39,7 +39,7 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec
 
-from pipeline.errors import RLDError
+from pipeline.errors import RLDError, writing
 from pipeline.views import family_from_dict
 if TYPE_CHECKING:
     from pipeline.inference import Numerics
@@ -327,6 +327,10 @@ class LogitStore:
         input_crc: np.ndarray | None = None,
     ) -> None:
         """Write one unit's chunks, make them durable, then set its marker."""
+        with writing(self.path):
+            self._write_unit(unit, logits, views, input_crc)
+
+    def _write_unit(self, unit: Unit, logits: np.ndarray, views: np.ndarray | None, input_crc: np.ndarray | None) -> None:
         lay = self.layout
         if unit.is_eval:
             a, b = lay.eval_range(unit.chunk)
@@ -429,7 +433,8 @@ def create_or_open(
         tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _initialise(tmp, provenance, layout, labels, eval_labels)
+            with writing(path):
+                _initialise(tmp, provenance, layout, labels, eval_labels)
             os.rename(tmp, path)
         except OSError:
             if not path.exists():
