@@ -37,7 +37,9 @@ from common import machine, random_teacher, save, synthetic_cifar
 from pipeline.dump import dump
 from pipeline.runtime import resolve_amp
 from pipeline.store import LogitStore
-from pipeline.train import OnlineSignal, StoreSignal, TrainConfig, ViewsOnly, train
+from pipeline.recipe import TrainConfig
+from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
+from pipeline.train import train
 from pipeline.views import ViewSpec
 
 MODES = {"eager": False, "captured": True}

@@ -23,7 +23,9 @@ from pathlib import Path
 from common import device_args, machine, random_teacher, resolve, save, synthetic_cifar
 from pipeline.dump import dump
 from pipeline.store import LogitStore
-from pipeline.train import OnlineSignal, StoreSignal, TrainConfig, ViewsOnly, train
+from pipeline.recipe import TrainConfig
+from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
+from pipeline.train import train
 from pipeline.views import ViewSpec
 
 

@@ -34,7 +34,7 @@ class NonFiniteLogits(RuntimeError):
 def build_provenance(
     teacher: Teacher, train: ImageSet, test: ImageSet, spec: ViewSpec, *, dtype: str, numerics: Numerics
 ) -> dict[str, Any]:
-    """What a store records about where its logits came from (see DESIGN.md).
+    """What a store records about where its logits came from (cache/README.md lists the fields).
 
     `inference` holds the teacher's numerics (identity: they change the logits) and, as a
     record only, the torch version and device name of the process that created the store.

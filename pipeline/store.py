@@ -3,7 +3,7 @@
 Layout (FORMAT_VERSION 1; cache/README.md documents it for users):
 
     <store>.zarr/
-      zarr.json          group attributes: provenance (see `Provenance`) and layout
+      zarr.json          group attributes: provenance (`pipeline.dump.build_provenance`) and layout
       logits             [slots, samples, classes] float16|float32, raw teacher logits
       views              [slots, samples, k] the augmentation parameters of every view
       argmax             [slots, samples] int32, the teacher's top class per view

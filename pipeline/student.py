@@ -18,7 +18,7 @@ from pipeline.methods import get_method
 from pipeline.runtime import resolve_device
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
-from pipeline.train import OnlineSignal, StoreSignal, ViewsOnly
+from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
 from pipeline.views import ViewSpec, parse_family
 
 DEFAULT_EPOCHS = 240  # the paper's; a per-epoch store of E views sets E instead

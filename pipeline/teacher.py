@@ -10,6 +10,9 @@ A teacher file is a `torch.save`d dict (readable with weights_only=True):
     family            the view family its test accuracy was measured with
     accuracy          {"top1", "top5"} on the un-augmented test split, in percent
     source            "trained" (with its recipe) or "imported from <file>"
+
+A teacher is made here: trained with cross-entropy (`train_teacher`), or imported from
+mdistiller / torchvision weights (`import_teacher`).
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pipeline import models
-from pipeline.errors import TeacherFileError
+from pipeline.errors import RunExists, TeacherFileError
 from pipeline.files import save_torch
 from pipeline.views import family_from_dict
+
+if TYPE_CHECKING:
+    from pipeline.recipe import TrainConfig
 
 TEACHER_FORMAT = "rld-teacher"
 TEACHER_FORMAT_VERSION = 1
@@ -153,4 +159,40 @@ def import_teacher(
         accuracy={}, source=f"imported from {Path(weights).name}",
     )
     teacher.accuracy = evaluate_teacher(teacher, test, family, device=device, amp=amp)
+    return teacher
+
+
+def train_teacher(
+    cfg: TrainConfig,
+    train_set: Any,
+    test_set: Any,
+    family: Any,
+    out_path: str | os.PathLike,
+    *,
+    val_set: Any | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Teacher:
+    """Plain CE training; the run lives in `<out>.run/` (resumable), the teacher file at `out`.
+
+    The teacher is the last epoch's weights (a teacher's recipe is fixed, nothing is selected);
+    with a `val_set` its validation accuracy is recorded beside the test accuracy.
+    """
+    from pipeline.signals import ViewsOnly  # the loop reads teacher files: imported here, not above
+    from pipeline.train import train
+    from pipeline.views import ViewSpec
+
+    out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise RunExists(f"{out_path} exists")
+    if cfg.loss != "ce":
+        raise ValueError(f"a teacher is trained with loss 'ce', not {cfg.loss!r}")
+    run_dir = out_path.with_suffix(".run")
+    spec = ViewSpec(family, "per-epoch", cfg.epochs, seed=cfg.seed)
+    if overwrite or not (run_dir / "summary.json").exists():
+        train(cfg, train_set, test_set, ViewsOnly(spec), run_dir, val_set=val_set, progress=progress, overwrite=overwrite)
+    teacher = load_teacher(run_dir / "final.pt")
+    teacher.source = "trained"
+    teacher.extra = {"recipe": cfg.to_dict(), "run": str(run_dir), **({"val": teacher.extra["val"]} if "val" in teacher.extra else {})}
+    teacher.save(out_path)
     return teacher

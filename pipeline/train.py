@@ -1,10 +1,8 @@
 """Stage 2: the training loop. One student, one teacher signal, one output folder.
 
-The teacher signal says, per epoch, which view each sample uses and what the teacher
-said about it: read from a logit store (`StoreSignal`, the point of this project), run
-live on the same views (`OnlineSignal`, the way mdistiller works, kept for parity), or
-absent (`ViewsOnly`, plain cross-entropy training). The next epoch's plan is prepared in a
-background thread while the current epoch trains, so the store is never the bottleneck.
+The teacher signal (`pipeline.signals`) says, per epoch, which view each sample uses and
+what the teacher said about it. The next epoch's plan is prepared in a background thread
+while the current epoch trains, so the store is never the bottleneck.
 
 Everything random is a pure function of (seed, epoch): model init, sample order, which
 slot a sample replays. So a killed run resumes from its last epoch checkpoint and ends
@@ -30,130 +28,21 @@ from tqdm import tqdm
 
 from pipeline import models
 from pipeline.data import ImageSet, to_device, to_model_input
+from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.errors import NeedsTeacher, RunExists, TrainingDiverged, writing
 from pipeline.files import save_torch, write_json
-from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.inference import Numerics, predict_test, rank_correlation, topk_accuracy
 from pipeline.losses import make_objective
 from pipeline.recipe import RUNTIME_ONLY, TrainConfig, learning_rate
 from pipeline.runtime import code_version, resolve_amp, resolve_device, resolve_workers
 from pipeline.step import CapturedStep, TrainStep, resolve_compile
-from pipeline.store import LogitStore, StoreError
+from pipeline.signals import EpochPlan, ViewsOnly, check_inputs
 from pipeline.teacher import Teacher, load_teacher
-from pipeline.views import EpochLoader, ViewSpec, batch_indices
+from pipeline.views import EpochLoader, batch_indices
+
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5EED]).permutation(num_samples)
-
-
-# ---------------------------------------------------------------------------------------
-# Teacher signals
-
-
-@dataclass
-class EpochPlan:
-    params: np.ndarray  # [N, k] view parameters of each sample this epoch
-    logits: torch.Tensor | None = None  # [N, C] cached teacher logits (stored dtype)
-    crc: np.ndarray | None = None  # [N] crc32 of the input the teacher saw
-
-
-class ViewsOnly:
-    """No teacher: views drawn from the spec, as a CE baseline or a teacher's own training."""
-
-    kind = "none"
-
-    def __init__(self, spec: ViewSpec):
-        self.spec = spec
-
-    def plan(self, epoch: int, seed: int, num_samples: int) -> EpochPlan:
-        slots = self.spec.slots_for_epoch(epoch, num_samples, seed)
-        params = np.empty((num_samples, len(self.spec.family.param_names)), dtype=self.spec.family.param_dtype)
-        for slot in np.unique(slots):
-            rows = np.flatnonzero(slots == slot)
-            params[rows] = self.spec.params(rows, int(slot))
-        return EpochPlan(params)
-
-    def batch_logits(self, plan: EpochPlan, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        return None
-
-    def test_logits(self, test: ImageSet, device: torch.device) -> np.ndarray | None:
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "views": self.spec.to_dict()}
-
-
-class StoreSignal(ViewsOnly):
-    """Teacher logits and view parameters replayed from a complete logit store."""
-
-    kind = "store"
-
-    def __init__(self, store: LogitStore):
-        store.require_complete()
-        self.store = store
-        super().__init__(ViewSpec.from_dict(store.attrs["views"]))
-
-    def plan(self, epoch: int, seed: int, num_samples: int) -> EpochPlan:
-        views, logits, crc = self.store.gather(self.spec.slots_for_epoch(epoch, num_samples, seed))
-        finite = np.isfinite(logits).all(1)
-        if not finite.all():
-            raise StoreError(f"{self.store.path}: non-finite teacher logits for sample {int(np.flatnonzero(~finite)[0])} at epoch {epoch + 1}")
-        return EpochPlan(views, torch.from_numpy(logits), crc)
-
-    def batch_logits(self, plan: EpochPlan, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        return plan.logits[indices].float()
-
-    def test_logits(self, test: ImageSet, device: torch.device) -> np.ndarray | None:
-        return self.store.eval_logits()[0]
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "store": str(self.store.path), "store_id": self.store.id,
-                "teacher": self.store.attrs["teacher"], "views": self.spec.to_dict()}
-
-
-class OnlineSignal(ViewsOnly):
-    """The teacher runs every step on the very batch the student sees (mdistiller's way).
-
-    It computes with `numerics` (autocast, memory format; its device is the student's) and
-    rounds its logits to `dtype`: given a store's, it produces the logits the store holds,
-    bit for bit on a CPU.
-    """
-
-    kind = "online"
-
-    def __init__(self, teacher: Teacher, spec: ViewSpec, numerics: Numerics, dtype: str = "float32"):
-        super().__init__(spec)
-        self.teacher, self.numerics, self.dtype = teacher, numerics, dtype
-
-    def batch_logits(self, plan: EpochPlan, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        model = self.numerics.prepare(self.teacher.model, x.device)
-        with torch.inference_mode():
-            logits = self.numerics.forward(model, x)
-            return logits.to(getattr(torch, self.dtype)).float()
-
-    def test_logits(self, test: ImageSet, device: torch.device) -> np.ndarray | None:
-        return predict_test(self.teacher.model, test, self.spec.family, device=device, numerics=self.numerics)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "teacher": self.teacher.describe(), "views": self.spec.to_dict(),
-                "numerics": self.numerics.to_dict(), "dtype": self.dtype}
-
-
-def _check_inputs(plan: EpochPlan, indices: np.ndarray, crc: np.ndarray, epoch: int) -> None:
-    """Every batch's views must be the ones the teacher saw (a few us a batch: always on)."""
-    if plan.crc is None:
-        return
-    bad = np.flatnonzero(crc != plan.crc[indices].astype(np.int64))
-    if len(bad):
-        raise StoreError(
-            f"epoch {epoch + 1}: the view of sample {int(indices[bad[0]])} differs from the one the teacher saw "
-            f"(input crc32 mismatch, {len(bad)} of {len(indices)} in this batch): the dataset or view code "
-            "changed since the store was written, or the store is damaged"
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# The loop
 
 
 def train(
@@ -184,30 +73,41 @@ def train(
     `stop_after` returns after that many epochs of this call, as a kill between epochs
     would; `on_step(epoch, step, terms)` sees every step's loss terms (for parity checks).
     """
-    out = Path(out_dir)
     objective = make_objective(cfg.loss, **cfg.loss_options)
     if objective.needs_teacher and signal.kind == "none":
         raise NeedsTeacher(cfg.loss)
-    device = resolve_device(cfg.device)
     # No per-step value checks, on any device: each costs a host sync, which a GPU step must
     # not wait for and a captured step cannot contain. Each epoch's summed losses, and each
     # epoch's cached teacher logits (StoreSignal.plan), are checked for NaN/inf instead.
     objective = objective.replace(validate=False)
+    device = resolve_device(cfg.device)
     amp = resolve_amp(cfg.amp, device)
     world = init_world(device.type)
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     try:
-        captured = resolve_compile(cfg.compile, device, amp, world.size)
-        run = _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,
-                     restart_stale, captured)
-        finished = _run_epochs(run, train_set, test_set, val_set, signal, progress, stop_after, on_step)
-        if not finished:
+        run = _start(cfg, objective, Splits(train_set, val_set, test_set), signal, Path(out_dir), device, amp, world,
+                     overwrite=overwrite, restart_stale=restart_stale)
+        if not _run_epochs(run, progress, stop_after, on_step):
             return {"stopped_after_epoch": run.epoch}
-        return _finish(run, train_set, test_set, val_set, signal) if world.is_main else {}
+        return _finish(run) if world.is_main else {}
     finally:
         close_world(world)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The images a run trains on, selects on (None: no selection) and reports on."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint records of them, to refuse resuming on other data."""
+        return {"dataset": self.train.describe(), "val_dataset": self.val.describe() if self.val is not None else None,
+                "test_dataset": self.test.describe()}
 
 
 @dataclass
@@ -216,7 +116,9 @@ class _Run:
 
     cfg: TrainConfig
     objective: Any
-    resolved: dict[str, Any]
+    resolved: dict[str, Any]  # the config with every loss option filled in, as config.json records it
+    splits: Splits
+    signal: ViewsOnly
     out: Path
     device: torch.device
     amp: str
@@ -226,7 +128,6 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     step: TrainStep  # one SGD step, eager or captured
-    datasets: dict[str, Any] = field(default_factory=dict)  # train/val/test records, as checkpoints compare them
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     epoch: int = 0  # epochs finished
@@ -236,15 +137,19 @@ class _Run:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    @property
+    def family(self) -> Any:
+        return self.signal.spec.family
 
-def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, amp, world, overwrite,  # noqa: ANN001
-           restart_stale, captured) -> _Run:
+
+def _start(cfg: TrainConfig, objective: Any, splits: Splits, signal: ViewsOnly, out: Path, device: torch.device,
+           amp: str, world: World, *, overwrite: bool, restart_stale: bool) -> _Run:
     """Build the model and optimizer, resume from a checkpoint of the same run, write config.json."""
     if (out / "summary.json").exists() and not overwrite:
         raise RunExists(f"{out} already holds a finished run (summary.json)")
     resolved = {**cfg.to_dict(), "loss_options": dict(objective.params)}
     torch.manual_seed(cfg.seed)
-    model = models.build(cfg.arch, train_set.num_classes, in_channels=train_set.in_channels)
+    model = models.build(cfg.arch, splits.train.num_classes, in_channels=splits.train.in_channels)
     if world.distributed:
         model = sync_batchnorm(model, device.type)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -254,45 +159,48 @@ def _start(cfg, objective, train_set, test_set, val_set, signal, out, device, am
     net: nn.Module = model
     if world.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if captured:
+    if resolve_compile(cfg.compile, device, amp, world.size):
         step = CapturedStep(net, objective, optimizer, scaler, device, amp, cfg.batch_size)
     else:
         step = TrainStep(net, objective, optimizer, scaler, device, amp)
-    datasets = {"dataset": train_set.describe(), "val_dataset": val_set.describe() if val_set is not None else None,
-                "test_dataset": test_set.describe()}
-    run = _Run(cfg, objective, resolved, out, device, amp, world, model, net, optimizer, scaler, step, datasets)
+    run = _Run(cfg, objective, resolved, splits, signal, out, device, amp, world, model, net, optimizer, scaler, step)
     if run.checkpoint_path.exists() and not overwrite:
-        ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
-        differs = [k for k in resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != resolved[k]]
-        differs += [k for k in datasets if ckpt.get("datasets", {}).get(k) != datasets[k]]
-        if differs or ckpt["signal"] != signal.describe():
-            what = ", ".join(differs) or "teacher signal (store, teacher or views)"
-            if not restart_stale:
-                raise RunExists(f"{out} holds a checkpoint of a different run (differs in: {what})")
-            print(f"{out}: discarding the checkpoint of a different run (differs in: {what})", file=sys.stderr)
-        else:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt.get("scaler", {}))
-            run.history, run.best, run.epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
-            torch.set_rng_state(ckpt["torch_rng"])
+        _resume(run, restart_stale)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", {"config": resolved, "signal": signal.describe(), **datasets,
+        _write_json(out / "config.json", {"config": resolved, "signal": signal.describe(), **splits.describe(),
                                           "world_size": world.size, "code_version": code_version()})
-        run.teacher_test = signal.test_logits(test_set, device)
+        run.teacher_test = signal.test_logits(splits.test, device)
     return run
 
 
-def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None, signal: ViewsOnly,
-                progress: bool, stop_after: int | None, on_step: Callable | None) -> bool:
+def _resume(run: _Run, restart_stale: bool) -> None:
+    """Continue from the checkpoint in the run's folder, if it is one of this very run."""
+    ckpt = torch.load(run.checkpoint_path, map_location="cpu", weights_only=True)
+    datasets = run.splits.describe()
+    differs = [k for k in run.resolved if k not in RUNTIME_ONLY and ckpt["config"].get(k) != run.resolved[k]]
+    differs += [k for k in datasets if ckpt.get("datasets", {}).get(k) != datasets[k]]
+    if differs or ckpt["signal"] != run.signal.describe():
+        what = ", ".join(differs) or "teacher signal (store, teacher or views)"
+        if not restart_stale:
+            raise RunExists(f"{run.out} holds a checkpoint of a different run (differs in: {what})")
+        print(f"{run.out}: discarding the checkpoint of a different run (differs in: {what})", file=sys.stderr)
+        return
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt.get("scaler", {}))
+    run.history, run.best, run.epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
+    torch.set_rng_state(ckpt["torch_rng"])
+
+
+def _run_epochs(run: _Run, progress: bool, stop_after: int | None, on_step: Callable | None) -> bool:
     """Train from `run.epoch` to the end (True), or until `stop_after` epochs of this call (False).
 
     The next epoch's plan (slots, view parameters, cached logits) is read in a background
     thread while this epoch trains; the DataLoader workers that build views live across epochs.
     """
-    cfg, world, n = run.cfg, run.world, len(train_set)
-    loader = EpochLoader(signal.spec.family, train_set, num_workers=resolve_workers(cfg.num_workers, run.device),
+    cfg, world, signal, n = run.cfg, run.world, run.signal, len(run.splits.train)
+    loader = EpochLoader(run.family, run.splits.train, num_workers=resolve_workers(cfg.num_workers, run.device),
                          pin_memory=run.device.type == "cuda")
     prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-plan")
     future = prefetch.submit(signal.plan, run.epoch, cfg.seed, n) if run.epoch < cfg.epochs else None
@@ -303,13 +211,13 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
             plan = future.result()
             if run.epoch + 1 < cfg.epochs:
                 future = prefetch.submit(signal.plan, run.epoch + 1, cfg.seed, n)
-            row = _train_epoch(run, plan, loader, train_set, signal, on_step)
+            row = _train_epoch(run, plan, loader, on_step)
             run.epoch += 1
             if world.is_main:
-                row.update(_evaluate_epoch(run, train_set, test_set, val_set, signal))
+                row.update(_evaluate_epoch(run))
                 run.history.append(row)
-                _save_checkpoint(run, signal)
-                monitor = "val_top1" if val_set is not None else "test_top1"
+                _save_checkpoint(run)
+                monitor = "val_top1" if run.splits.val is not None else "test_top1"
                 bar.set_postfix(loss=f"{row['loss_total']:.3f}", **{monitor: f"{row[monitor]:.2f}"},
                                 img_s=f"{row['images_per_s']:.0f}")
             bar.update()
@@ -324,11 +232,10 @@ def _run_epochs(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: Ima
     return True
 
 
-def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: ImageSet, signal: ViewsOnly,
-                 on_step: Callable | None) -> dict[str, Any]:
+def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, on_step: Callable | None) -> dict[str, Any]:
     """One pass over the training set; returns the epoch's row of metrics (losses, train top-1, speed)."""
-    cfg, device, world, epoch = run.cfg, run.device, run.world, run.epoch
-    n = len(train_set)
+    cfg, device, world, epoch, images = run.cfg, run.device, run.world, run.epoch, run.splits.train
+    n = len(images)
     if plan.logits is not None:
         plan.logits = plan.logits.to(device)  # one copy per epoch, then gathers on the device
     lr = learning_rate(cfg, epoch + 1)
@@ -336,15 +243,15 @@ def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: Ima
 
     global_batches = batch_indices(n, cfg.batch_size, epoch_order(cfg.seed, epoch, n))
     mine = [rank_slice(b, world) for b in global_batches]
-    labels = torch.from_numpy(train_set.labels).to(device)
+    labels = torch.from_numpy(images.labels).to(device)
     run.net.train()
     start = time.perf_counter()
     for step, (views, _labels, idx, crc) in enumerate(loader.epoch([(i, plan.params[i]) for i in mine])):
-        _check_inputs(plan, idx, crc, epoch)
-        x = to_model_input(views, train_set.mean, train_set.std, device=device, channels_last=cfg.channels_last)
+        check_inputs(plan, idx, crc, epoch)
+        x = to_model_input(views, images.mean, images.std, device=device, channels_last=cfg.channels_last)
         idx = to_device(idx, device)
         y = labels[idx]
-        teacher_logits = signal.batch_logits(plan, x, idx)
+        teacher_logits = run.signal.batch_logits(plan, x, idx)
         # Each rank's mean is scaled by its share of the global batch, so DDP's
         # gradient average is exactly the global-batch mean.
         share = len(idx) * world.size / len(global_batches[step])
@@ -371,11 +278,11 @@ def _train_epoch(run: _Run, plan: EpochPlan, loader: EpochLoader, train_set: Ima
     return row
 
 
-def _evaluate(run: _Run, images: ImageSet, family: Any, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
+def _evaluate(run: _Run, images: ImageSet, prefix: str, model: nn.Module | None = None) -> dict[str, float]:
     """{prefix_top1, prefix_top5} of `model` (default: the run's) on the un-augmented views of `images`;
     on the test split also the agreement with the teacher (top-1, and the rank correlation over
     the classes other than the label)."""
-    logits = predict_test(model or run.model, images, family, device=run.device, batch_size=run.cfg.eval_batch_size,
+    logits = predict_test(model or run.model, images, run.family, device=run.device, batch_size=run.cfg.eval_batch_size,
                           numerics=Numerics(run.device.type, run.amp, run.cfg.channels_last))
     acc = topk_accuracy(logits, images.labels)
     metrics = {f"{prefix}_top1": acc["top1"], f"{prefix}_top5": acc["top5"]}
@@ -385,50 +292,48 @@ def _evaluate(run: _Run, images: ImageSet, family: Any, prefix: str, model: nn.M
     return metrics
 
 
-def _evaluate_epoch(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None,
-                    signal: ViewsOnly) -> dict[str, float]:
+def _evaluate_epoch(run: _Run) -> dict[str, float]:
     """Validation every epoch (and the test split only after the last), or the test split every epoch."""
-    family = signal.spec.family
-    if val_set is None:
-        return _evaluate(run, test_set, family, "test")
-    metrics = _evaluate(run, val_set, family, "val")
+    if run.splits.val is None:
+        return _evaluate(run, run.splits.test, "test")
+    metrics = _evaluate(run, run.splits.val, "val")
     if run.best is None or metrics["val_top1"] > run.best["val_top1"]:
         run.best = {"epoch": run.epoch, "val_top1": metrics["val_top1"], "val_top5": metrics["val_top5"]}
-        _save_student(run.out / "best.pt", run.model, run.cfg, train_set, family, {}, signal, run.epoch,
+        _save_student(run, run.out / "best.pt", run.model, {}, run.epoch,
                       {"val": {"top1": metrics["val_top1"], "top5": metrics["val_top5"]}})
     if run.epoch == run.cfg.epochs:
-        metrics.update(_evaluate(run, test_set, family, "test"))
+        metrics.update(_evaluate(run, run.splits.test, "test"))
     return metrics
 
 
-def _save_checkpoint(run: _Run, signal: ViewsOnly) -> None:
+def _save_checkpoint(run: _Run) -> None:
     save_torch(
         {"epoch": run.epoch, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
          "scaler": run.scaler.state_dict(), "history": run.history, "best": run.best, "config": run.resolved,
-         "signal": signal.describe(), "torch_rng": torch.get_rng_state(), "datasets": run.datasets},
+         "signal": run.signal.describe(), "torch_rng": torch.get_rng_state(), "datasets": run.splits.describe()},
         run.checkpoint_path,
     )
 
 
-def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSet | None, signal: ViewsOnly) -> dict[str, Any]:
+def _finish(run: _Run) -> dict[str, Any]:
     """final.pt, the best checkpoint's test accuracy, metrics files and summary.json."""
-    cfg, last, family = run.cfg, run.history[-1], signal.spec.family
+    cfg, last, splits = run.cfg, run.history[-1], run.splits
     final = {"top1": last["test_top1"], "top5": last["test_top5"]}
     for key in ("teacher_agreement", "teacher_rank_corr"):
         if key in last:
             final[key] = last[key]
-    if val_set is not None:
+    if splits.val is not None:
         final.update(val_top1=last["val_top1"], val_top5=last["val_top5"])
-    _save_student(run.out / "final.pt", run.model, cfg, train_set, family, {"top1": final["top1"], "top5": final["top5"]},
-                  signal, cfg.epochs, {"val": {"top1": last["val_top1"], "top5": last["val_top5"]}} if val_set is not None else {})
+    _save_student(run, run.out / "final.pt", run.model, {"top1": final["top1"], "top5": final["top5"]}, cfg.epochs,
+                  {"val": {"top1": last["val_top1"], "top5": last["val_top5"]}} if splits.val is not None else {})
     best = run.best
     if best is not None:
         # The test split sees the selected weights once, after the selection is over.
         chosen = load_teacher(run.out / "best.pt", run.device)
-        acc = _evaluate(run, test_set, family, "test", chosen.model)
+        acc = _evaluate(run, splits.test, "test", chosen.model)
         best = {**best, "top1": acc["test_top1"], "top5": acc["test_top5"]}
-        _save_student(run.out / "best.pt", chosen.model, cfg, train_set, family, {"top1": best["top1"], "top5": best["top5"]},
-                      signal, best["epoch"], {"val": {"top1": best["val_top1"], "top5": best["val_top5"]}})
+        _save_student(run, run.out / "best.pt", chosen.model, {"top1": best["top1"], "top5": best["top5"]},
+                      best["epoch"], {"val": {"top1": best["val_top1"], "top5": best["val_top5"]}})
     summary = {
         "name": run.out.name,
         "arch": cfg.arch,
@@ -437,9 +342,9 @@ def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSe
         "seed": cfg.seed,
         "epochs": cfg.epochs,
         "config": run.resolved,
-        "signal": signal.describe(),
-        **run.datasets,
-        "teacher_test": topk_accuracy(run.teacher_test, test_set.labels) if run.teacher_test is not None else {},
+        "signal": run.signal.describe(),
+        **splits.describe(),
+        "teacher_test": topk_accuracy(run.teacher_test, splits.test.labels) if run.teacher_test is not None else {},
         "final": final,
         "best": best,
         "images_per_s": float(np.mean([r["images_per_s"] for r in run.history])),
@@ -459,17 +364,17 @@ def _finish(run: _Run, train_set: ImageSet, test_set: ImageSet, val_set: ImageSe
 # Outputs
 
 
-def _save_student(path: Path, model: nn.Module, cfg: TrainConfig, train_set: ImageSet, family: Any,
-                  accuracy: dict[str, float], signal: ViewsOnly | None, epoch: int, extra: dict[str, Any]) -> None:
+def _save_student(run: _Run, path: Path, model: nn.Module, accuracy: dict[str, float], epoch: int,
+                  extra: dict[str, Any]) -> None:
     """A student is saved as a teacher file, so it can teach in turn.
 
     `accuracy` is the test split's ({} while the run still selects on validation data).
     """
-    what = signal.describe() if signal is not None else {}
+    cfg, images, what = run.cfg, run.splits.train, run.signal.describe()
     source = f"trained with loss {cfg.loss}" + (f" from store {what['store_id']}" if "store_id" in what else "")
     Teacher(
-        arch=cfg.arch, num_classes=train_set.num_classes, in_channels=train_set.in_channels, model=model,
-        dataset=train_set.describe(class_names=True), family=family.to_dict(),
+        arch=cfg.arch, num_classes=images.num_classes, in_channels=images.in_channels, model=model,
+        dataset=images.describe(class_names=True), family=run.family.to_dict(),
         accuracy=accuracy, source=source, extra={"epoch": epoch, "config": cfg.to_dict(), **extra},
     ).save(path)
 
@@ -497,35 +402,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def train_teacher(
-    cfg: TrainConfig,
-    train_set: ImageSet,
-    test_set: ImageSet,
-    family: Any,
-    out_path: str | os.PathLike,
-    *,
-    val_set: ImageSet | None = None,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> Teacher:
-    """Plain CE training; the run lives in `<out>.run/` (resumable), the teacher file at `out`.
-
-    The teacher is the last epoch's weights (a teacher's recipe is fixed, nothing is selected);
-    with a `val_set` its validation accuracy is recorded beside the test accuracy.
-    """
-    out_path = Path(out_path)
-    if out_path.exists() and not overwrite:
-        raise RunExists(f"{out_path} exists")
-    if cfg.loss != "ce":
-        raise ValueError(f"a teacher is trained with loss 'ce', not {cfg.loss!r}")
-    run_dir = out_path.with_suffix(".run")
-    spec = ViewSpec(family, "per-epoch", cfg.epochs, seed=cfg.seed)
-    if overwrite or not (run_dir / "summary.json").exists():
-        train(cfg, train_set, test_set, ViewsOnly(spec), run_dir, val_set=val_set, progress=progress, overwrite=overwrite)
-    teacher = load_teacher(run_dir / "final.pt")
-    teacher.source = "trained"
-    teacher.extra = {"recipe": cfg.to_dict(), "run": str(run_dir), **({"val": teacher.extra["val"]} if "val" in teacher.extra else {})}
-    teacher.save(out_path)
-    return teacher

@@ -54,7 +54,8 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
     """
     from pipeline.models import available
     from pipeline.student import DataRequest, student_inputs
-    from pipeline.train import TrainConfig, train
+    from pipeline.recipe import TrainConfig
+    from pipeline.train import train
 
     recipe = given_recipe(options)
     method_flags = {k: options[k] for k in option_names() if options[k] is not None}

@@ -24,7 +24,8 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
     """Plain cross-entropy training with the paper's recipe; records test accuracy."""
     from pipeline.data import load_splits_with_val
     from pipeline.inference import default_family
-    from pipeline.train import TrainConfig, train_teacher
+    from pipeline.recipe import TrainConfig
+    from pipeline.teacher import train_teacher
     from pipeline.views import parse_family
 
     try:

@@ -68,7 +68,8 @@ def teacher_file(tmp_path_factory, synth):
     teacher is what lets a test tell a student that learns from it from one that does not.
     """
     from pipeline.inference import default_family
-    from pipeline.train import TrainConfig, train_teacher
+    from pipeline.recipe import TrainConfig
+    from pipeline.teacher import train_teacher
 
     train_set, test_set = synth
     path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"

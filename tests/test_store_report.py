@@ -21,8 +21,9 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-import pipeline.store_report as inspect_module
-from pipeline.store_report import _CheckedArray, _chunk_keys, inspect_store
+import pipeline.store_report.reading as reading
+from pipeline.store_report import format_report, inspect_store
+from pipeline.store_report.reading import CheckedArray, chunk_keys
 from pipeline.store import LogitStore, StoreError, create_or_open, plan_layout
 from stages.cli import main
 
@@ -202,22 +203,22 @@ def test_incomplete_store_counts_done_units_only(tmp_path):
     assert "1 (1/3)" in result.output  # slot 1 has 1 of 3 chunks
 
 
-@pytest.mark.parametrize("block_bytes", [1, inspect_module.BLOCK_BYTES])
+@pytest.mark.parametrize("block_bytes", [1, reading.BLOCK_BYTES])
 def test_each_chunk_read_once_in_bounded_blocks(toy, monkeypatch, block_bytes):
     """One pass: every logits chunk is read exactly once, in blocks of at most BLOCK_BYTES
     (or one chunk); the blocking does not change a single number."""
-    monkeypatch.setattr(inspect_module, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(reading, "BLOCK_BYTES", block_bytes)
     reads: list[tuple[int, ...]] = []
-    original = _CheckedArray.__getitem__
+    original = CheckedArray.__getitem__
 
     def spy(self, selection):
         block = original(self, selection)
         if self.array.path == "logits":
-            reads.extend(_chunk_keys(selection, self.array.chunks))
+            reads.extend(chunk_keys(selection, self.array.chunks))
             assert block.nbytes <= max(block_bytes, np.prod(self.array.chunks) * self.dtype.itemsize)
         return block
 
-    monkeypatch.setattr(_CheckedArray, "__getitem__", spy)
+    monkeypatch.setattr(CheckedArray, "__getitem__", spy)
     report = inspect_store(toy["path"])
     assert sorted(reads) == [(s, c, 0) for s in range(3) for c in range(3)]
     assert report["cached_views"] == toy["report"]["cached_views"]
@@ -304,7 +305,7 @@ def test_nonfinite_and_argmax_mismatch_are_flagged(tmp_path):
     assert cached["nonfinite_views"] == 1 and cached["views"] == 31
     assert cached["top1_pct"] == pytest.approx(expected(logits[0, keep], labels[keep])["top1"])
     assert cached["argmax_mismatches"] == 1
-    assert "WARNING" in inspect_module.format_report(rep)
+    assert "WARNING" in format_report(rep)
 
 
 def test_dumped_store_matches_the_teacher(tmp_path, teacher, synth):

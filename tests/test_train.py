@@ -25,16 +25,10 @@ from pipeline.methods import METHODS, get_method
 from pipeline.step import CapturedStep, resolve_compile
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
-from pipeline.train import (
-    OnlineSignal,
-    RunExists,
-    StoreSignal,
-    TrainConfig,
-    ViewsOnly,
-    epoch_order,
-    learning_rate,
-    train,
-)
+from pipeline.errors import RunExists
+from pipeline.recipe import TrainConfig, learning_rate
+from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
+from pipeline.train import epoch_order, train
 from pipeline.views import ViewSpec, batch_indices
 
 
@@ -270,8 +264,8 @@ def test_best_is_the_first_epoch_of_the_best_validation_top1_also_across_a_resum
     script = {1: 50.0, 2: 80.0, 3: 80.0, 4: 70.0}
     evaluate = train_module._evaluate
 
-    def scripted(run, images, family, prefix, model=None):
-        metrics = evaluate(run, images, family, prefix, model)
+    def scripted(run, images, prefix, model=None):
+        metrics = evaluate(run, images, prefix, model)
         if prefix == "val":
             metrics["val_top1"] = script[run.epoch]
         return metrics
@@ -294,13 +288,13 @@ def test_each_epoch_replays_its_own_views_in_its_own_order(tmp_path, synth, stor
     train_set, test_set = synth
     n = len(train_set)
     visits: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    check = train_module._check_inputs
+    check = train_module.check_inputs
 
     def record(plan, indices, crc, epoch):
         visits.setdefault(epoch, []).append((np.asarray(indices).copy(), plan.params[indices].copy()))
         return check(plan, indices, crc, epoch)
 
-    monkeypatch.setattr(train_module, "_check_inputs", record)
+    monkeypatch.setattr(train_module, "check_inputs", record)
     train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
     assert sorted(visits) == [0, 1, 2]
     orders = {}
