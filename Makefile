@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 CORES ?= $(shell nproc)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-kernels slurm-test setup data bench clean
+.PHONY: demo test test-fast test-kernels slurm-test setup data bench generate clean
 
 demo: setup data
 	$(VENV)/bin/snakemake --cores $(CORES)
@@ -17,6 +17,11 @@ demo: setup data
 
 test: setup data
 	$(PY) -m pytest -q
+
+# The suite without the tests that start or kill processes (workflow, DDP, killed dumps,
+# DataLoader workers): a quick check while editing. `make test` stays the full one.
+test-fast: setup data
+	$(PY) -m pytest -q -m "not slow and not slurm"
 
 # The suite again under the kernels other x86-64 CPUs get: torch (ATen), oneDNN and MKL pick
 # their kernels by CPU, so float32 results round differently from one machine to the next. A
@@ -53,6 +58,11 @@ bench: setup
 	$(PY) bench/bench_dump.py
 	$(PY) bench/bench_student.py
 	$(PY) bench/bench_gpu.py
+	$(PY) bench/bench_help.py
+
+# Rewrite what is made from the method registry (config/schema.yaml's loss block, docs/methods.md).
+generate: setup
+	$(PY) tools/generate.py
 
 # Remove workflow outputs (teachers, stores, students, reports, logs); keeps the venv.
 clean:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny deterministic data, a tiny teacher, and a finished store.
+"""Shared fixtures: tiny deterministic data, a tiny teacher, and a finished store (helpers.py
+holds the functions and constants test modules import).
 
 Everything here is sized for a 2-core CI machine: a few hundred 32 px images, resnet8.
 
@@ -11,24 +12,15 @@ no GPU (CUDA_VISIBLE_DEVICES=""), and in-process "auto" resolves to the CPU. A t
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+
+from helpers import HAS_CUDA, SYNTH
 
 # The tests' tensors are tiny and often share the 2 cores with a subprocess: one thread
 # each avoids OpenMP spinning against itself (10x slower steps on a loaded box).
 torch.set_num_threads(1)
-SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-                  "CUDA_VISIBLE_DEVICES": ""}
-HAS_CUDA = torch.cuda.is_available()
-
-REPO = Path(__file__).resolve().parents[1]
-SYNTH = "synthetic:classes=4,train=96,test=40"
 
 
 @pytest.fixture(autouse=True)
@@ -85,73 +77,16 @@ def teacher(teacher_file):
     return load_teacher(teacher_file)
 
 
-def rld(*args: str, cwd: Path | None = None, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the `rld` CLI in a fresh process, as a user or Snakemake would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages.cli", *args], cwd=cwd, capture_output=True, text=True,
-        env={**os.environ, **SUBPROCESS_ENV, **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rld {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
+@pytest.fixture(scope="session")
+def store32(tmp_path_factory, teacher, synth):
+    """A float32 per-epoch store of the session teacher: 3 epochs of views, `rld dump`'s
+    default numerics (on a CPU: no autocast, contiguous layout)."""
+    from pipeline.dump import dump
+    from pipeline.store import LogitStore
+    from pipeline.views import ViewSpec
 
-
-def cli(*args: str):
-    """Run the `rld` CLI in this process (fast; for checking outputs and error messages)."""
-    from click.testing import CliRunner
-
-    from stages.cli import main
-
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-SHAPES = ("disc", "ring", "square", "cross")
-
-
-def make_image_folder(root: Path, *, train: int = 60, test: int = 25, sides: tuple[int, int] = (20, 47),
-                      seed: int = 0) -> Path:
-    """A small own-data tree as users have them: `root/{train,val}/<shape>/*`.
-
-    Each image is a shape (one class per shape) on a noisy background, with mixed sizes
-    (`sides`, height and width drawn independently), PNG and JPEG, RGB and grey. A shape is
-    told apart by its outline, so a view that magnifies the image far more than training
-    did (a centre crop of an image scaled way up) sees a blob and guesses.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, per_class in (("train", train), ("val", test)):
-        for label, shape in enumerate(SHAPES):
-            folder = root / split / shape
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                h, w = (int(s) for s in rng.integers(sides[0], sides[1] + 1, 2))
-                y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-                cy, cx = h / 2 + rng.uniform(-0.1, 0.1) * h, w / 2 + rng.uniform(-0.1, 0.1) * w
-                r = rng.uniform(0.3, 0.42) * min(h, w)
-                dy, dx = np.abs(y - cy), np.abs(x - cx)
-                mask = {
-                    "disc": np.hypot(dy, dx) <= r,
-                    "ring": np.abs(np.hypot(dy, dx) - 0.75 * r) <= 0.25 * r,
-                    "square": np.maximum(dy, dx) <= 0.85 * r,
-                    "cross": (np.minimum(dy, dx) <= 0.3 * r) & (np.maximum(dy, dx) <= r),
-                }[shape]
-                background, colour = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-                colour = np.where(np.abs(colour - background) < 80, (background + 128) % 256, colour)
-                pixels = np.where(mask[..., None], colour, background) + rng.normal(0, 20, (h, w, 3))
-                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-                if i % 3 == 2:
-                    image = image.convert("L")
-                image.save(folder / f"{i:03d}.{'png' if i % 2 else 'jpg'}")
-    return root
-
-
-def workflow_dir(path: Path, config: dict) -> Path:
-    """A copy of the workflow's layout (Snakefile + config/) in `path`, with `config` as its default config."""
-    import yaml
-
-    shutil.copy(REPO / "Snakefile", path / "Snakefile")
-    (path / "config").mkdir()
-    shutil.copy(REPO / "config" / "schema.yaml", path / "config" / "schema.yaml")
-    (path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    return path
+    train_set, test_set = synth
+    path = tmp_path_factory.mktemp("store") / "s32.zarr"
+    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:3", "crop", seed=5), path, dtype="float32",
+         progress=False)
+    return LogitStore.open(path)

@@ -10,7 +10,7 @@ import sys
 import click
 import pytest
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli
+from helpers import REPO, SUBPROCESS_ENV, SYNTH, cli
 from stages.cli import main
 
 PIPELINE_ORDER = ["data", "teacher", "dump", "inspect", "verify", "student", "report"]
@@ -56,6 +56,7 @@ def test_one_name_per_concept_across_commands() -> None:
     assert not {"--out", "--seed"} & options[("dump",)] and "--cuda-graph" in options[("student", "train")]
 
 
+@pytest.mark.slow
 def test_help_answers_without_importing_torch() -> None:
     """Every stage imports the library inside its command, so `--help` needs only click."""
     code = ("import sys; from click.testing import CliRunner; from stages.cli import main\n"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SUBPROCESS_ENV, SYNTH, cli, rld
+from helpers import SUBPROCESS_ENV, SYNTH, cli, rld
 from pipeline.data import to_model_input
 from pipeline.dump import NonFiniteLogits, dump
 from pipeline.inference import Numerics
@@ -176,6 +176,7 @@ DUMP_ARGS = ["--dataset", SYNTH, "--views", "per-epoch:4", "--view-seed", "3", "
              "--chunk-samples", "16", "--batch-size", "16", "--quiet"]
 
 
+@pytest.mark.slow
 def test_sigkilled_dump_process_resumes_and_equals_an_uninterrupted_run(tmp_path, teacher_file):
     cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(tmp_path / "whole.zarr"))
     killed = tmp_path / "killed.zarr"
@@ -196,6 +197,7 @@ def test_sigkilled_dump_process_resumes_and_equals_an_uninterrupted_run(tmp_path
     assert_same_store(tmp_path / "whole.zarr", killed)
 
 
+@pytest.mark.slow
 def test_two_shard_processes_fill_one_store_like_one_process(tmp_path, teacher_file):
     cli("dump", "--teacher", str(teacher_file), *DUMP_ARGS, "--store", str(tmp_path / "one.zarr"))
     shared = tmp_path / "two.zarr"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SYNTH, cli
+from helpers import SYNTH, cli
 from pipeline.errors import DiskFull
 from pipeline.files import save_torch, write_json
 

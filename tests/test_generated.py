@@ -6,12 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import yaml
-from conftest import REPO, cli
+from helpers import REPO, cli
 
 from pipeline.methods import REGISTRY, option_names
 
 
+@pytest.mark.slow
 def test_schema_and_methods_doc_are_generated_from_the_registry() -> None:
     proc = subprocess.run([sys.executable, "tools/generate.py", "--check"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SUBPROCESS_ENV, rld
+from helpers import REPO, SUBPROCESS_ENV, rld
 from pipeline.gpu_slots import acquire, default_lock_dir
 
 # A job: take slots through the library, exec a command that logs its devices and lifetime.
@@ -52,6 +52,7 @@ def max_concurrency(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("per_gpu", "count"), [(1, 1), (2, 1), (1, 2)])
 def test_concurrent_jobs_never_share_a_slot(tmp_path, per_gpu, count):
     devices = ["0", "1", "2"]
@@ -66,6 +67,7 @@ def test_concurrent_jobs_never_share_a_slot(tmp_path, per_gpu, count):
         assert {d for r in done for d in r["devices"]} == set(devices)
 
 
+@pytest.mark.slow
 def test_a_killed_job_gives_its_slot_back(tmp_path):
     holder = job(tmp_path, 1, 1, "7", hold=60)
     deadline = time.time() + 600  # bounds a hung holder only: the loop ends once it owns the slot
@@ -84,6 +86,7 @@ def test_a_killed_job_gives_its_slot_back(tmp_path):
     slots.release()
 
 
+@pytest.mark.slow
 def test_the_cli_sets_the_devices_of_the_command(tmp_path):
     args = ["on-gpus", "--gpus", "2", "--devices", "3,5,9", "--lock-dir", str(tmp_path), "--",
             sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]

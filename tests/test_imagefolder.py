@@ -11,9 +11,9 @@ import torch
 import zarr
 from PIL import Image
 
-from conftest import cli, make_image_folder
+from helpers import cli, make_image_folder
 from pipeline.data import DatasetError, check_decodes, load_dataset
-from pipeline.store import LogitStore, StoreError, compare
+from pipeline.store import LogitStore, compare
 from pipeline.teacher import load_teacher
 from pipeline.views import ResizedCropFlip
 

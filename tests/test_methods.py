@@ -111,6 +111,7 @@ def test_option_kinds_accept_their_ranges() -> None:
         make_objective("rc", rc_weight=float("inf"))
 
 
+@pytest.mark.slow
 def test_the_registry_imports_no_torch() -> None:
     """`rld --help`, grid expansion and the workflow read the registry; torch takes ~2 s."""
     import subprocess

@@ -7,7 +7,7 @@ import tomllib
 
 import yaml
 
-from conftest import REPO, cli
+from helpers import REPO, cli
 
 
 def _norm(requirement: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from helpers import cli
 
 RECIPE = {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "milestones": [2],
           "lr_decay": 0.1, "amp": "off", "channels_last": True}
@@ -76,7 +76,7 @@ def test_rows_seed_groups_and_paired_differences_to_ce(tmp_path):
     assert f"| {mean:.2f} ± {std:.2f} | +{statistics.fmean(deltas):.2f} ± {statistics.stdev(deltas):.2f} | 1/3 |" in md
     assert "(2,000 images)" in md
     # --versus ce pairs exactly as Δ CE does (CE students have no teacher to match).
-    result = cli("report", *map(str, runs), "--out", str(tmp_path / "versus"), "--versus", "ce")
+    assert cli("report", *map(str, runs), "--out", str(tmp_path / "versus"), "--versus", "ce").exit_code == 0
     versus = (tmp_path / "versus/summary.md").read_text().split("## Paired against CE")[1]
     assert f"| {statistics.fmean(deltas):+.2f} ± {statistics.stdev(deltas):.2f} | 1/3 |" in versus
     for name in ("accuracy.png", "paired.png"):

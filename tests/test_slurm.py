@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
+from helpers import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
 from pipeline.store import LogitStore
 
 pytestmark = pytest.mark.slurm

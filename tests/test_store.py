@@ -160,6 +160,7 @@ def _race(path: str, racer: int, barrier) -> str:
 RACE_UNITS = [Unit(0, 0), Unit(0, 2), Unit(1, 1), Unit(-1, 1)]
 
 
+@pytest.mark.slow
 def test_concurrent_creation_makes_the_store_exactly_once(tmp_path):
     ctx = mp.get_context("spawn")
     path = str(tmp_path / "race.zarr")
@@ -208,7 +209,7 @@ def test_unit_blocks_must_have_the_unit_shape(tmp_path):
 def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
     """README, cache/README and the presets quote store sizes: they must be what `rld dump`
     predicts (Layout.predicted_bytes), not a hand calculation of the logits alone."""
-    from conftest import REPO
+    from helpers import REPO
     from pipeline.views import CropFlip, ResizedCropFlip
 
     def size(family, slots: int, samples: int, classes: int, eval_samples: int) -> str:

@@ -1,46 +1,28 @@
-"""Stage 2: students from the store equal students of an online teacher; runs resume exactly."""
+"""The training loop: students from the store equal students of an online teacher; runs resume
+exactly; the loss terms, their weights and every epoch's views are the ones asked for."""
 
 from __future__ import annotations
 
 import json
 import math
 import multiprocessing
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli, rld
+from helpers import POLICIES, SYNTH, cfg, max_weight_delta
 from pipeline import train as train_module
 from pipeline.dump import dump
+from pipeline.errors import RunExists
 from pipeline.inference import default_family
 from pipeline.methods import METHODS, get_method
-from pipeline.step import CapturedStep, resolve_compile
+from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
-from pipeline.errors import RunExists
-from pipeline.recipe import TrainConfig, learning_rate
-from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
 from pipeline.train import epoch_order, train
 from pipeline.views import ViewSpec, batch_indices
-
-
-@pytest.fixture(scope="module")
-def store32(tmp_path_factory, teacher, synth):
-    """A float32 per-epoch store of the session teacher: 3 epochs of views, `rld dump`'s
-    default numerics (on a CPU: no autocast, contiguous layout)."""
-    train_set, test_set = synth
-    path = tmp_path_factory.mktemp("store") / "s32.zarr"
-    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:3", "crop", seed=5), path, dtype="float32",
-         progress=False)
-    return LogitStore.open(path)
 
 
 @pytest.fixture(scope="module")
@@ -58,25 +40,6 @@ def stores(tmp_path_factory, teacher, synth, store32):
         dump(teacher, images, test_set, spec, root / f"{policy}.zarr", dtype="float32", progress=False)
         out[policy] = (LogitStore.open(root / f"{policy}.zarr"), images)
     return out
-
-
-POLICIES = ["per-epoch", "pool", "exhaustive"]
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(arch="resnet8", loss="rld", epochs=3, batch_size=32, milestones=(2,), seed=1,
-                loss_options={"warmup": 2})
-    return TrainConfig(**{**base, **kw})
-
-
-def weights(path) -> dict[str, torch.Tensor]:
-    return torch.load(path, weights_only=True)["model"]
-
-
-def max_weight_delta(a, b) -> float:
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -184,33 +147,6 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
         (out / "summary.json").unlink()
         torch.save({"config": {**config["config"], "lr": 9.0}, "signal": {}}, out / "checkpoint.pt")
         train(cfg(), train_set, test_set, StoreSignal(store32), out, progress=False)
-
-
-def test_rank_correlation_is_spearman_over_the_classes_other_than_the_label():
-    from pipeline.inference import rank_correlation
-
-    def ranks(values):  # average ranks of ties, by counting (no sorting)
-        return [sum(v < x for v in values) + (sum(v == x for v in values) - 1) / 2 for x in values]
-
-    def spearman(a, b):
-        ra, rb = ranks(a), ranks(b)
-        ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
-        cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-        var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
-        return cov / var if var else None
-
-    rng = np.random.default_rng(0)
-    student, teacher = rng.integers(0, 4, (30, 6)).astype(float), rng.normal(size=(30, 6))  # many ties
-    teacher[:, 2] = teacher[:, 3]
-    student[0] = 1.0  # a constant ranking: left out
-    labels = rng.integers(0, 6, 30)
-    values = [spearman([x for c, x in enumerate(s) if c != y], [x for c, x in enumerate(t) if c != y])
-              for s, t, y in zip(student, teacher, labels)]
-    expected = np.mean([v for v in values if v is not None])
-    # float64 sums of a few dozen terms in another order: 1e-12
-    assert rank_correlation(student, teacher, labels, rows_per_block=7) == pytest.approx(expected, rel=1e-12)
-    assert rank_correlation(teacher, teacher, labels) == pytest.approx(1.0, rel=1e-12)
-    assert rank_correlation(-teacher, teacher, labels) == pytest.approx(-1.0, rel=1e-12)
 
 
 def test_with_a_validation_split_best_is_chosen_on_validation_and_test_is_measured_at_the_end(tmp_path, synth, teacher,
@@ -378,13 +314,6 @@ def test_training_is_deterministic_per_seed(tmp_path, synth):
     assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "c" / "final.pt") > 0
 
 
-def test_learning_rate_schedule_counts_epochs_from_one():
-    c = TrainConfig(arch="resnet8")
-    # float64 products of 0.1: approx's default 1e-6 covers their last-bit rounding
-    assert [learning_rate(c, e) for e in (1, 150, 151, 181, 211, 240)] == pytest.approx(
-        [0.05, 0.05, 0.005, 0.0005, 0.00005, 0.00005])
-
-
 def test_an_epochs_loss_weighs_each_steps_mean_by_its_batch_size(tmp_path, synth):
     """96 samples in batches of 40, 40 and 16: the epoch's loss is the mean over its samples,
     sum(step mean x batch size) / 96, not a mean of the step means."""
@@ -420,6 +349,7 @@ def test_training_refuses_views_whose_crc_differs_anywhere_in_an_epoch(tmp_path,
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_persistent_workers_train_bitwise_the_student_of_the_main_process(tmp_path, synth, store32):
     """Views built by 2 workers that live across epochs, fed each epoch's plan, give the
     student of views built in the main process: every step's loss terms, every weight."""
@@ -485,384 +415,3 @@ def test_student_refuses_an_incomplete_store(tmp_path, store32):
     LogitStore.open(copy, mode="r+").group["done"][1, 0] = 0
     with pytest.raises(StoreError, match="incomplete: 1 of"):
         StoreSignal(LogitStore.open(copy))
-
-
-# ---------------------------------------------------------------------------------------
-# What a student trains on (pipeline/student.py)
-
-
-def test_a_store_student_takes_its_data_and_epochs_from_the_store(tmp_path, teacher):
-    """A store of 2 views per sample of the first 5 training samples of each class left after
-    holding out the last 4 for validation, and of the first 3 test samples: a student naming
-    only the store trains on exactly those samples, selects on those 16 validation samples
-    (the test subset comes from the store's test record, not its training record), and trains
-    2 epochs unless told otherwise."""
-    from pipeline.data import load_dataset, load_splits
-    from pipeline.student import DataRequest, student_inputs
-
-    train_set, test_set = load_splits(SYNTH, subset=5, test_subset=3, val_split=4)
-    path = tmp_path / "sub.zarr"
-    dump(teacher, train_set, test_set, ViewSpec.parse("per-epoch:2", "crop", seed=5), path, dtype="float32",
-         progress=False)
-    inputs = student_inputs("kd", DataRequest(), store_path=str(path))
-    assert inputs.train_set.fingerprint == train_set.fingerprint and inputs.test_set.fingerprint == test_set.fingerprint
-    assert inputs.val_set.fingerprint == load_dataset(SYNTH, "val", val_split=4).fingerprint
-    assert (len(inputs.train_set), len(inputs.val_set), len(inputs.test_set), inputs.epochs) == (20, 16, 12, 2)
-    assert isinstance(inputs.signal, StoreSignal) and inputs.signal.spec.seed == 5
-    assert student_inputs("kd", DataRequest(), store_path=str(path), epochs=5).epochs == 5
-
-
-def test_without_a_store_the_views_are_seeded_by_the_student_seed_unless_given():
-    """Students of seeds 0, 1, 2 see views of their own (as they would from per-seed stores);
-    --view-seed overrides, and an epoch count is the paper's 240 unless given."""
-    from pipeline.student import DEFAULT_EPOCHS, DataRequest, student_inputs
-
-    data = DataRequest(dataset=SYNTH)
-    default = student_inputs("ce", data, seed=3, epochs=2)
-    assert (default.signal.spec.seed, default.signal.spec.policy, default.signal.spec.num_slots, default.epochs) == (
-        3, "per-epoch", 2, 2)
-    pool = student_inputs("ce", data, seed=3, views="pool:4")
-    assert (pool.signal.spec.seed, pool.signal.spec.num_slots, pool.epochs) == (3, 4, DEFAULT_EPOCHS)
-    assert student_inputs("ce", data, seed=3, views="pool:4", view_seed=7).signal.spec.seed == 7
-
-
-def test_an_online_teacher_must_be_the_teacher_of_the_store(tmp_path, teacher_file, store32):
-    """--online-teacher with --logits computes the store's logits again; another teacher's
-    (here the same one with one bias changed) would silently distil from other logits."""
-    from pipeline.student import DataRequest, student_inputs
-
-    other = load_teacher(teacher_file)
-    with torch.no_grad():
-        other.model.fc.bias[0] += 1.0
-    other.save(tmp_path / "other.pt")
-    with pytest.raises(StoreError, match=r"teacher\.weights_sha256: store has"):
-        student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(tmp_path / "other.pt"))
-    same = student_inputs("kd", DataRequest(), store_path=str(store32.path), online_teacher=str(teacher_file))
-    assert isinstance(same.signal, OnlineSignal)
-
-
-# ---------------------------------------------------------------------------------------
-# Through the CLI, as a user or Snakemake runs it
-
-
-STUDENT = ["student", "train", "--arch", "resnet8", "--epochs", "2", "--batch-size", "32", "--milestones", "",
-           "--warmup", "1", "--no-channels-last", "--quiet"]
-
-
-def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
-    def fails(*args, match):
-        result = cli(*args)
-        assert result.exit_code == 1, result.output
-        assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-    logits = ["--store", str(store32.path)]
-    fails("student", "train", "--arch", "resnet9", *logits, "--out", str(tmp_path / "a"), match="valid: resnet8, resnet14")
-    fails(*STUDENT, *logits, "--loss", "kd", "--beta", "2", "--out", str(tmp_path / "b"),
-          match="--beta does not apply to --loss kd; its options: --ce-weight, --kd-weight")
-    fails(*STUDENT, "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "c"), match="no such logit store")
-    fails(*STUDENT, *logits, "--subset", "5", "--out", str(tmp_path / "d"), match="dataset.subset: store has null, requested 5")
-    fails(*STUDENT, *logits, "--dataset", "synthetic:classes=5,train=96,test=40", "--out", str(tmp_path / "e"),
-          match="dataset.num_classes: store has 4, requested 5")
-    fails(*STUDENT, *logits, "--augment", "crop:size=32,padding=2", "--out", str(tmp_path / "f"), match="views.family")
-    fails(*STUDENT, "--loss", "rld", "--dataset", SYNTH, "--out", str(tmp_path / "g"), match="needs a teacher")
-    fails(*STUDENT, *logits, "--same-t", "--alpha-temperature", "2", "--out", str(tmp_path / "h"),
-          match="--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
-    fails(*STUDENT, *logits, "--amp", "fp16", "--device", "cpu", "--out", str(tmp_path / "i"),
-          match="fp16 autocast is for CUDA; use bf16 on CPU")
-    assert not any((tmp_path / n).exists() for n in "abcdefghi")
-    # teacher import only evaluates: it has no training or view-building options to ignore
-    result = cli("teacher", "import", "--arch", "resnet8", "--weights", str(teacher_file), "--dataset", SYNTH,
-                 "--channels-last", "--out", str(tmp_path / "t.pt"))
-    assert result.exit_code == 2 and "No such option '--channels-last'" in result.stderr
-
-
-def test_same_t_gives_the_scd_part_the_temperature_given_with_T(tmp_path, store32):
-    """--same-t is the official code's flag: SCD uses the MCD temperature, the one -T gives."""
-    result = cli(*STUDENT, "--store", str(store32.path), "--loss", "rld", "--same-t", "-T", "2", "--out", str(tmp_path / "s"))
-    assert result.exit_code == 0, result.output
-    options = json.loads((tmp_path / "s" / "config.json").read_text())["config"]["loss_options"]
-    assert options["temperature"] == 2.0 and options["alpha_temperature"] == 2.0, options
-
-
-def test_cli_defaults_make_store_and_online_teacher_students_bitwise_equal(tmp_path, teacher_file):
-    """What README and --help promise for the defaults on a CPU: a student of an fp16 store
-    and one whose --online-teacher adopts that store's numerics and dtype end bitwise equal."""
-    store = tmp_path / "s.zarr"
-    dumped = cli("dump", "--teacher", str(teacher_file), "--dataset", SYNTH, "--views", "per-epoch:2", "--quiet",
-                 "--store", str(store))
-    assert dumped.exit_code == 0, dumped.output
-    inference = LogitStore.open(store).attrs["inference"]
-    assert {k: inference[k] for k in ("device", "amp", "channels_last")} == {"device": "cpu", "amp": "off", "channels_last": False}
-    assert LogitStore.open(store).layout.dtype == "float16"
-    student = ["student", "train", "--arch", "resnet8", "--epochs", "2", "--batch-size", "40", "--quiet", "--store", str(store)]
-    for name, extra in (("offline", []), ("online", ["--teacher", str(teacher_file)])):
-        result = cli(*student, *extra, "--out", str(tmp_path / name))
-        assert result.exit_code == 0, result.output
-    assert max_weight_delta(tmp_path / "offline" / "final.pt", tmp_path / "online" / "final.pt") == 0.0
-    signal = json.loads((tmp_path / "online" / "config.json").read_text())["signal"]
-    assert signal["kind"] == "online" and signal["dtype"] == "float16" and signal["numerics"]["channels_last"] is False
-
-
-def test_cli_student_resumes_after_sigkill_with_identical_weights(tmp_path, store32):
-    args = [*STUDENT, "--store", str(store32.path)]
-    args[args.index("--epochs") + 1] = "3"
-    rld(*args, "--out", str(tmp_path / "whole"))
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", *args, "--out", str(killed)],
-                            env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600  # bounds a hung run only: the loop ends at the first checkpoint
-    while time.time() < deadline and not (killed / "checkpoint.pt").exists():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "summary.json").exists(), "the kill should land mid-run"
-    rld(*args, "--out", str(killed))
-    assert max_weight_delta(tmp_path / "whole" / "final.pt", killed / "final.pt") == 0.0
-
-
-def update_distance(run: Path, reference: Path, init: Path, buffers: bool = False) -> float:
-    """|u_run - u_ref| / |u_ref|, u = final - init over all parameters (or BatchNorm's
-    running statistics): how far a run's weight update is from the reference update."""
-    a, b, w0 = weights(run), weights(reference), weights(init)
-    keys = [k for k in b if b[k].is_floating_point() and ("running_" in k) == buffers]
-    if buffers:  # BatchNorm starts from mean 0, variance 1, whatever the init run did
-        w0 = {k: torch.zeros_like(b[k]) if k.endswith("mean") else torch.ones_like(b[k]) for k in keys}
-    u_ref = torch.cat([(b[k].double() - w0[k].double()).flatten() for k in keys])
-    u_run = torch.cat([(a[k].double() - w0[k].double()).flatten() for k in keys])
-    return float((u_run - u_ref).norm() / u_ref.norm())
-
-
-# Two SGD steps on 96 samples in global batches of 49 and 47: each splits unevenly over two
-# ranks (25/24, 24/23), so the loss scaling by a rank's share of the batch matters. KD at T=1
-# reads the store's teacher logits of each rank's rows. Measured distance of the 2-rank update
-# from the 1-process update on an AMD EPYC (2 cores, gloo), under the three kernel sets torch
-# and oneDNN pick by CPU (forced with ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA):
-#                    AVX-512   AVX2     SSE4.1
-#   intact           4.4e-6    1.1e-3   1.7e-6
-#   no-grad-sync     0.57      0.58     0.56   (each rank steps on its own half of the batch)
-#   local-batchnorm  0.121     0.124    0.118  (BatchNorm normalises with a rank's half-batch
-#                                               statistics)
-# The intact distance is float32 rounding, amplified by the network: resnet8's float32
-# gradients in its first block differ from float64 ones by ~1e-3 relative, since a ReLU input
-# that rounds to exactly 0 (one of 800k at layer1's output, on Gaussian inputs) drops its
-# gradient; which inputs land on 0 depends on the kernels' summation order. So two correct
-# float32 runs that sum in other orders may differ by ~1e-3, and the old 1e-4 (then 1e-3)
-# tolerance failed on other CPUs. DDP_TOLERANCE sits ~10x above the worst intact distance and
-# 12x below the nearest broken one; the broken variants must clear 5x of it.
-DDP_TOLERANCE = 1e-2
-DDP_ARGS = ["student", "train", "--arch", "resnet8", "--loss", "kd", "-T", "1", "--epochs", "1", "--batch-size", "49",
-            "--milestones", "", "--seed", "1", "--no-channels-last", "--quiet"]
-
-
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Data has no positive values")  # the lr-0 run's log-scale lr plot
-def test_two_rank_ddp_trains_the_same_student_as_one_process(tmp_path, store32):
-    args = [*DDP_ARGS, "--store", str(store32.path)]
-    for name, extra in (("one", []), ("init", ["--lr", "0"])):  # lr 0: SGD leaves the initial weights
-        result = cli(*args, *extra, "--out", str(tmp_path / name))
-        assert result.exit_code == 0, result.output
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         str(REPO / "tests" / "ddp_variants.py"), str(tmp_path), "intact,no-grad-sync,local-batchnorm", *args],
-        env={**os.environ, **SUBPROCESS_ENV}, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    final = {name: tmp_path / name / "final.pt" for name in ("one", "init", "intact", "no-grad-sync", "local-batchnorm")}
-    assert json.loads((tmp_path / "intact" / "summary.json").read_text())["world_size"] == 2
-
-    distance = {v: update_distance(final[v], final["one"], final["init"]) for v in ("intact", "no-grad-sync", "local-batchnorm")}
-    assert distance["intact"] < DDP_TOLERANCE, distance
-    assert update_distance(final["intact"], final["one"], final["init"], buffers=True) < DDP_TOLERANCE
-    # The controls: a DDP that does not average gradients over the global batch, or one with
-    # per-rank BatchNorm statistics, is far outside the tolerance.
-    assert distance["no-grad-sync"] > 5 * DDP_TOLERANCE and distance["local-batchnorm"] > 5 * DDP_TOLERANCE, distance
-
-    # The epoch's loss sums every rank's samples: float32 sums in another order (~1e-7
-    # relative; measured equal here). 1e-5 is 100x that.
-    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "intact" / "metrics.json").read_text())
-    np.testing.assert_allclose([r["loss_total"] for r in two], [r["loss_total"] for r in one], rtol=1e-5)
-
-
-def test_each_rank_takes_the_part_of_a_batch_of_its_global_rank():
-    """Under torchrun on two nodes of two GPUs the local ranks are 0, 1, 0, 1: slicing by them
-    would train on the first half of every batch twice and never on the second half."""
-    from pipeline.distributed import World, rank_slice
-
-    parts = [rank_slice(np.arange(10), World(rank=r, size=4, local_rank=r % 2)) for r in range(4)]
-    assert [p.tolist() for p in parts] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
-
-
-def test_global_batchnorm_on_two_identical_ranks_is_batchnorm_of_their_concatenated_batch(monkeypatch):
-    """GlobalBatchNorm2d's arithmetic without processes: with dist.all_reduce doubling its input,
-    as a sum over two ranks holding the same batch would, each rank's output, gradient and
-    running statistics are nn.BatchNorm2d's on both batches together. The batch is 2 samples of
-    2x2 pixels, 16 values per channel over both ranks: the unbiased running variance (x 16/15)
-    is 7% from the biased one, where the DDP test's 3136-value channels put it within tolerance."""
-    import torch.distributed as dist
-
-    from pipeline.distributed import GlobalBatchNorm2d
-
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
-    monkeypatch.setattr(dist, "all_reduce", lambda tensor, *a, **k: tensor.mul_(2))
-    torch.manual_seed(0)
-    x = (torch.randn(2, 3, 2, 2) * 3 + 5).requires_grad_()
-    both = torch.cat([x.detach(), x.detach()]).requires_grad_()
-    weights = torch.randn(2, 3, 2, 2)  # a loss that weighs every output differently
-    bn, ref = GlobalBatchNorm2d(3), torch.nn.BatchNorm2d(3)
-    with torch.no_grad():
-        for m in (bn, ref):
-            m.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
-            m.bias.copy_(torch.tensor([0.0, -1.0, 3.0]))
-    y, y_ref = bn(x), ref(both)
-    (y * weights).sum().backward()
-    (y_ref * torch.cat([weights, weights])).sum().backward()
-    # float32 results of float64 (here) and float32 (there) sums of 16 values: a few ulps,
-    # ~1e-6 relative; 1e-5 is ten times that
-    torch.testing.assert_close(y, y_ref[:2], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x.grad, both.grad[:2], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
-
-
-# ---------------------------------------------------------------------------------------
-# --compile: the training step captured as a CUDA graph (pipeline/step.py)
-
-
-def test_compile_is_refused_where_a_graph_cannot_capture_the_step():
-    cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    assert resolve_compile(True, cuda, "bf16", 1) and resolve_compile(True, cuda, "off", 1)
-    assert not resolve_compile(False, cuda, "fp16", 4)
-    with pytest.raises(ValueError, match=r"CUDA graph capture does not support fp16 autocast: .*use bf16 autocast"):
-        resolve_compile(True, cuda, "fp16", 1)
-    with pytest.raises(ValueError, match=r"CUDA graph capture does not support DDP"):
-        resolve_compile(True, cuda, "bf16", 2)
-
-
-def test_compile_on_a_cpu_says_so_in_one_line_and_trains_the_eager_student(tmp_path, store32):
-    args = [*STUDENT, "--store", str(store32.path)]
-    plain = cli(*args, "--out", str(tmp_path / "plain"))
-    compiled = cli(*args, "--cuda-graph", "--out", str(tmp_path / "compiled"))
-    assert plain.exit_code == 0 and compiled.exit_code == 0, compiled.output
-    assert compiled.stderr.splitlines() == ["CUDA graph capture needs a CUDA device; training eagerly on cpu"]
-    assert "--cuda-graph" not in plain.stderr
-    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]["compile"] is True
-    assert max_weight_delta(tmp_path / "plain" / "final.pt", tmp_path / "compiled" / "final.pt") == 0.0
-
-
-def test_a_run_resumes_with_or_without_compile(tmp_path, synth, store32):
-    train_set, test_set = synth
-    train(cfg(compile=True), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False, stop_after=1)
-    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)  # no RunExists
-    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "whole", progress=False)
-    assert max_weight_delta(tmp_path / "run" / "final.pt", tmp_path / "whole" / "final.pt") == 0.0
-
-
-def _graph_on_a_cpu(self: CapturedStep):
-    """Stands in for CapturedStep._capture on a CPU, with a CUDA graph's semantics: the
-    capture runs nothing and fixes the learning rate; each replay runs the step on the
-    static input buffers and the scales tensor as they are then, with the recorded
-    learning rate, and writes its terms into the tensors the capture returned."""
-    self.optimizer.zero_grad(set_to_none=True)
-    recorded_lr = [group["lr"] for group in self.optimizer.param_groups]
-    outputs = {name: torch.zeros(()) for name in self.names}
-
-    def replay():
-        current = [group["lr"] for group in self.optimizer.param_groups]
-        for group, lr in zip(self.optimizer.param_groups, recorded_lr):
-            group["lr"] = lr
-        terms = self._step(self.inputs["x"], self.inputs["y"], self.inputs.get("t"), 1.0, self.scales_tensor)
-        for group, lr in zip(self.optimizer.param_groups, current):
-            group["lr"] = lr
-        for name, value in terms.items():
-            outputs[name].copy_(value.detach())
-
-    _graph_on_a_cpu.captures.append(self.lr)
-    return type("Graph", (), {"replay": staticmethod(replay)})(), outputs
-
-
-def test_captured_step_logic_trains_the_eager_student_with_a_stand_in_graph(tmp_path, synth, store32, monkeypatch):
-    """CapturedStep's bookkeeping, checked on a CPU: warm-up steps, static input buffers,
-    the epoch's loss weights read from a tensor, a new capture when the lr changes, the
-    last partial batch eager. With a stand-in graph (same semantics: recorded lr, static
-    buffers) the student is bitwise the eager one; a stale lr (no new capture at the
-    milestone) or an input left out of the buffers would change it."""
-    train_set, test_set = synth
-    monkeypatch.setattr(train_module, "resolve_compile", lambda compile, device, amp, world_size: compile)
-    monkeypatch.setattr(CapturedStep, "_capture", _graph_on_a_cpu)
-    monkeypatch.setattr(CapturedStep, "_warm_up", lambda self, x, y, t: self._step(x, y, t, 1.0, self.scales))
-    _graph_on_a_cpu.captures = []
-    # 96 samples in batches of 40: 2 full batches and one of 16 per epoch; warm-up weight
-    # 1/2 then 1 (warmup 2); lr 0.05, then 0.005 from epoch 3.
-    steps = {"eager": [], "captured": []}
-    for name, compile in (("eager", False), ("captured", True)):
-        train(cfg(batch_size=40, compile=compile), train_set, test_set, StoreSignal(store32), tmp_path / name,
-              progress=False, on_step=lambda e, s, t, name=name: steps[name].append((e, s, t)))
-    # Recorded twice: after 3 warm-up steps (at epoch 2's 2nd batch), and at epoch 3's new lr
-    # (0.05 * 0.1 in float64: approx's default 1e-6 covers its last bit).
-    assert _graph_on_a_cpu.captures == pytest.approx([0.05, 0.005])
-    assert len(steps["captured"]) == 9 and steps["captured"] == steps["eager"]
-    assert max_weight_delta(tmp_path / "eager" / "final.pt", tmp_path / "captured" / "final.pt") == 0.0
-
-
-def _update_distances(tmp_path: Path, runs: dict[str, TrainConfig], signal, train_set, test_set) -> dict[str, float]:
-    for name, run in runs.items():
-        train(run, train_set, test_set, signal(), tmp_path / name, progress=False)
-    ref = tmp_path / "eager" / "final.pt"
-    return {name: update_distance(tmp_path / name / "final.pt", ref, tmp_path / "init" / "final.pt")
-            for name in runs if name not in ("eager", "init")}
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("numerics", ["float32-deterministic", "defaults"])
-def test_captured_step_trains_the_eager_student_on_a_gpu(tmp_path, teacher_file, synth, numerics, monkeypatch):
-    """300 steps (60 epochs of 96 samples in batches of 20: four full batches and a partial
-    one each), RLD from a store, warm-up weights changing for 20 epochs, the lr dropping at
-    epochs 30 and 45: the captured run's update must be as close to the eager run's as a
-    second eager run is (the graph replays eager's own kernels on the same values).
-
-    float32-deterministic: no TF32, deterministic cuDNN: eager is expected to repeat itself
-    bit for bit, and so the captured run. defaults: bf16 autocast, channels_last, cuDNN's
-    own algorithm choice. The control, a graph kept after the lr drops (a stale lr), must
-    land far outside the tolerance. Not yet run on a GPU (the session that wrote it had none).
-    """
-    if numerics == "float32-deterministic":
-        monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    amp, channels_last = ("off", False) if numerics == "float32-deterministic" else ("auto", True)
-    train_set, test_set = synth
-    store = tmp_path / "store.zarr"
-    # A teacher of its own: a CUDA dump moves the model it is given to the GPU.
-    dump(load_teacher(teacher_file), train_set, test_set, ViewSpec.parse("pool:5", "crop", seed=3), store,
-         device=torch.device("cuda"), progress=False)
-    base = dict(arch="resnet8", loss="rld", epochs=60, batch_size=20, milestones=(30, 45), seed=2, device="cuda",
-                amp=amp, channels_last=channels_last)
-    runs = {"eager": TrainConfig(**base), "init": TrainConfig(**{**base, "lr": 0.0, "epochs": 1}),
-            "eager-again": TrainConfig(**base), "captured": TrainConfig(**base, compile=True)}
-    signal = lambda: StoreSignal(LogitStore.open(store))  # noqa: E731
-    distance = _update_distances(tmp_path, runs, signal, train_set, test_set)
-    # Tolerance: eager's own run-to-run distance (x4: one sample of a chaotic quantity),
-    # at least 1e-6, float32 rounding of one step's update, as slack where eager repeats exactly.
-    tolerance = max(4 * distance["eager-again"], 1e-6)
-    assert distance["captured"] <= tolerance, distance
-    if numerics == "float32-deterministic":
-        monkeypatch.setattr(CapturedStep, "_recording_key", lambda self: ("stale",))
-        control = _update_distances(tmp_path, {"stale-lr": TrainConfig(**base, compile=True)}, signal, train_set, test_set)
-        assert control["stale-lr"] > 30 * tolerance, (control, distance)
-
-
-@pytest.mark.gpu
-def test_compile_through_the_cli_on_a_gpu(tmp_path, store32):
-    """`--cuda-graph` with every other default on CUDA (bf16, channels_last) trains and reports;
-    fp16 autocast is refused in one line."""
-    args = [*STUDENT, "--store", str(store32.path), "--device", "cuda", "--cuda-graph"]
-    refused = cli(*args, "--amp", "fp16", "--out", str(tmp_path / "fp16"))
-    assert refused.exit_code == 1 and "--amp: CUDA graph capture does not support fp16 autocast" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "fp16").exists()
-    result = cli(*args, "--channels-last", "--out", str(tmp_path / "run"))
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["config"]["compile"] is True and summary["device"].startswith("cuda")
-    assert all(math.isfinite(r["loss_total"]) for r in json.loads((tmp_path / "run" / "metrics.json").read_text()))

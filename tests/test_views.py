@@ -21,7 +21,6 @@ from pipeline.views import (
     ViewRequest,
     ViewSpec,
     batch_indices,
-    family_from_dict,
     hash_bits,
     parse_family,
     view_loader,
@@ -112,6 +111,7 @@ def test_loader_gives_same_bits_with_workers_batch_size_and_order(images):
     assert all(torch.equal(main[i], other[i]) for i in main)
 
 
+@pytest.mark.slow
 def test_epoch_loader_keeps_its_workers_and_yields_what_view_loader_yields(images):
     """Workers that live across epochs: each epoch's plan (another order, batch size and
     views each time) comes out as view_loader builds it, batch for batch, from the same

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
+from helpers import REPO, SUBPROCESS_ENV, SYNTH, cli, workflow_dir
 from pipeline.data import load_dataset
 from pipeline.grid import expand_students
 from pipeline.inference import Numerics, predict_test, topk_accuracy
