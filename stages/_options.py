@@ -26,6 +26,13 @@ from pipeline.runtime import AMP_CHOICES
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+class InPipelineOrder(click.Group):
+    """Lists its commands in the order they were added (click sorts them by name)."""
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return list(self.commands)
+
+
 def _stack(*decorators: Decorator) -> Decorator:
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
         for decorator in reversed(decorators):

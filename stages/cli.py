@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from stages._options import InPipelineOrder
 from stages.data import data
 from stages.dump import dump_cmd
 from stages.gpu import on_gpus_cmd
@@ -12,13 +13,6 @@ from stages.report import report_cmd
 from stages.student import student
 from stages.teacher import teacher
 from stages.verify import verify_cmd
-
-
-class InPipelineOrder(click.Group):
-    """Lists its commands in the order they were added (click sorts them by name)."""
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
 
 
 @click.group(cls=InPipelineOrder, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

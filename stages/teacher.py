@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from stages._options import USER_ERRORS, dataset_options, fail, given_recipe, recipe_options, runtime_options
+from stages._options import USER_ERRORS, InPipelineOrder, dataset_options, fail, given_recipe, recipe_options, runtime_options
 
 
-@click.group()
+@click.group(cls=InPipelineOrder)
 def teacher() -> None:
     """Train a teacher here, or import mdistiller / torchvision weights."""
 

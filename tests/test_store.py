@@ -207,7 +207,7 @@ def test_unit_blocks_must_have_the_unit_shape(tmp_path):
 
 
 def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
-    """README, cache/README and the presets quote store sizes: they must be what `rld dump`
+    """The docs and the presets quote store sizes: they must be what `rld dump`
     predicts (Layout.predicted_bytes), not a hand calculation of the logits alone."""
     from helpers import REPO
     from pipeline.views import CropFlip, ResizedCropFlip
@@ -222,9 +222,9 @@ def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
     imagenet = size(ResizedCropFlip(), 100, 1_281_167, 1000, 50_000)
     assert (cifar_exhaustive, cifar_240, imagenet) == ("1.7 GB", "2.6 GB", "269.3 GB")
     docs = {name: (REPO / name).read_text() for name in
-            ("README.md", "cache/README.md", "config/cifar100.yaml", "config/imagenet.yaml")}
-    for name in ("README.md", "cache/README.md", "config/cifar100.yaml"):
+            ("docs/workflow.md", "docs/store-format.md", "config/cifar100.yaml", "config/imagenet.yaml")}
+    for name in ("docs/workflow.md", "docs/store-format.md", "config/cifar100.yaml"):
         assert f"{cifar_exhaustive}" in docs[name], name
-    assert f"{cifar_240}" in docs["cache/README.md"]
-    for name in ("README.md", "config/imagenet.yaml"):
+    assert f"{cifar_240}" in docs["docs/store-format.md"]
+    for name in ("docs/workflow.md", "config/imagenet.yaml"):
         assert f"{imagenet} per teacher" in docs[name], name
