@@ -41,7 +41,11 @@ DEFAULT_RECIPE = {key: default(key) for key in RECIPE_KEYS}
 
 # A student entry with lists (loss: [ce, kd], seed: [0, 1, 2], loss_options: {beta: [2, 4]})
 # is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
-TEACHERS, STORES, STUDENTS = config["teachers"], config.get("stores", {}), expand_students(config["students"])
+try:
+    STUDENTS = expand_students(config["students"])
+except ValueError as err:
+    raise ValueError(f"config: {err}") from None
+TEACHERS, STORES = config["teachers"], config.get("stores", {})
 REPORT = config.get("report_dir", "reports")
 # Students are named by their config entry, so two configs can both have a resnet8x4-ce-s0
 # trained on different data; each preset keeps its students in a folder of its own, or

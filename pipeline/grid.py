@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from pipeline.errors import ConfigError
 from pipeline.methods import get_method
 
 GRID_KEYS = ("loss", "arch", "store", "seed")  # scalar keys that may hold a list
@@ -38,7 +39,7 @@ def expand_students(students: dict[str, dict[str, Any]]) -> dict[str, dict[str, 
     for base, entry in students.items():
         for name, student in _expand_entry(base, entry):
             if name in out:
-                raise ValueError(f"config: students: the name {name!r} is produced twice (by {base!r} and another entry)")
+                raise ConfigError(f"students: the name {name!r} is produced twice (by {base!r} and another entry)")
             out[name] = student
     return out
 
@@ -52,10 +53,10 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
         try:
             get_method(loss)
         except ValueError as err:
-            raise ValueError(f"config: students.{base}.loss: {err}") from None
+            raise ConfigError(f"students.{base}.loss: {err}") from None
     for key in options:
         if not any(key in get_method(loss).defaults for loss in losses):
-            raise ValueError(f"config: students.{base}.loss_options.{key} applies to none of the losses {losses}")
+            raise ConfigError(f"students.{base}.loss_options.{key} applies to none of the losses {losses}")
     listed = [k for k in GRID_KEYS if isinstance(entry.get(k), list)]
     listed_options = sorted(k for k, v in options.items() if isinstance(v, list))
     if not listed and not listed_options:
@@ -63,9 +64,9 @@ def _expand_entry(base: str, entry: dict[str, Any]) -> list[tuple[str, dict[str,
     for key in listed + [f"loss_options.{k}" for k in listed_options]:
         values = entry[key] if "." not in key else options[key.split(".", 1)[1]]
         if not values:
-            raise ValueError(f"config: students.{base}.{key} is an empty list")
+            raise ConfigError(f"students.{base}.{key} is an empty list")
         if len(set(map(_label, values))) != len(values):  # 2 and 2.0 would both be named "2"
-            raise ValueError(f"config: students.{base}.{key} lists a value twice: {values}")
+            raise ConfigError(f"students.{base}.{key} lists a value twice: {values}")
 
     expanded = []
     scalars = {k: _as_list(entry.get(k)) for k in GRID_KEYS if k in entry}

@@ -308,7 +308,7 @@ class LogitStore:
             missing = int((~train).sum() + (~evals).sum())
             raise StoreError(
                 f"{self.path} is incomplete: {missing} of {train.size + evals.size} write units missing "
-                "(run the same `rld dump` command again to finish it)"
+                "(run the same dump again to finish it)"
             )
 
     def mark_complete_if_done(self) -> bool:
