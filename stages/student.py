@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.methods import METHODS, REGISTRY, option_names
+from pipeline.methods import METHODS, option_names
 from stages._options import (USER_ERRORS, checked_loss_options, cuda_graph_option, dataset_options, fail, given_recipe,
                              loss_options, method_epilog, recipe_options, renamed, runtime_options)
 
@@ -68,7 +68,9 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
                 raise ValueError("--same-t applies only to --loss rld")
             if "alpha_temperature" in loss_options:
                 raise ValueError("--same-t sets the SCD temperature to -T; give it or --alpha-temperature, not both")
-            loss_options["alpha_temperature"] = loss_options.get("temperature", REGISTRY["rld"].defaults["temperature"])
+            from pipeline.losses import make_objective
+
+            loss_options["alpha_temperature"] = make_objective(loss, **loss_options).with_same_t().params["alpha_temperature"]
         data = DataRequest(dataset, data_root, subset, test_subset, val_split, augment)
         inputs = student_inputs(loss, data, store_path=store, expected_teacher=expect_teacher, online_teacher=teacher_path,
                                 views=views, view_seed=view_seed, seed=recipe.get("seed", 0),
