@@ -17,7 +17,6 @@ from snakemake.utils import min_version, validate
 
 from pipeline.grid import expand_students
 from pipeline.methods import get_method
-from pipeline.recipe import default
 
 min_version("8.20")
 
@@ -34,10 +33,8 @@ validate(config, "config/schema.yaml")
 # The interpreter running Snakemake, so rules use this environment even when it is not
 # activated (a bare `rld` would resolve against whatever PATH the shell has).
 RLD = f"{shlex.quote(sys.executable)} -m stages.cli"
-RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay")
-# Every command states its whole recipe, unset fields at the library's defaults (the paper's,
-# pipeline/recipe.py), so a job's command line says what it trains.
-DEFAULT_RECIPE = {key: default(key) for key in RECIPE_KEYS}
+# Commands pass the recipe fields a config sets; the rest are the library's (the paper's,
+# pipeline/recipe.py), milestones and warm-up scaled to the run's epochs.
 
 # A student entry with lists (loss: [ce, kd], seed: [0, 1, 2], loss_options: {beta: [2, 4]})
 # is a grid of named students (pipeline/grid.py): students/<entry>-<loss>-beta<b>-s<seed>.
@@ -138,10 +135,17 @@ def runtime_args(amp=None):
 
 
 def recipe_args(own):
-    recipe = {**DEFAULT_RECIPE, **config.get("recipe", {}), **(own or {})}
-    args = [f"--{key.replace('_', '-')} {recipe[key]}" for key in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay")]
-    args.append(f"--milestones {q(','.join(map(str, recipe['milestones'])))}")
-    return " ".join(args)
+    recipe = {**config.get("recipe", {}), **(own or {})}
+    args = []
+    for key, value in recipe.items():
+        flag = "--" + key.replace("_", "-")
+        if key == "milestones":
+            args.append(f"{flag} {q(','.join(map(str, value)))}")
+        elif isinstance(value, bool):
+            args.append(flag if value else "")
+        else:
+            args.append(f"{flag} {value}")
+    return " ".join(a for a in args if a)
 
 
 def teacher_command(wildcards):

@@ -73,6 +73,7 @@ def train(
     `stop_after` returns after that many epochs of this call, as a kill between epochs
     would; `on_step(epoch, step, terms)` sees every step's loss terms (for parity checks).
     """
+    cfg = cfg.resolved()  # the schedule, scaled to the run's length where not set
     objective = make_objective(cfg.loss, **cfg.loss_options)
     if objective.needs_teacher and signal.kind == "none":
         raise NeedsTeacher(cfg.loss)

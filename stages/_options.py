@@ -213,21 +213,26 @@ def recipe_options(epochs_help: str = "Epochs to train.") -> Decorator:
         click.option("--momentum", type=float, default=None, show_default=_shown("momentum"), help="SGD momentum."),
         click.option("--weight-decay", type=float, default=None, show_default=_shown("weight_decay"),
                      help="L2 weight decay of SGD."),
-        click.option("--milestones", callback=_milestones, default=None, show_default=_shown("milestones"),
+        click.option("--milestones", callback=_milestones, default=None,
+                     show_default="the paper's 150,180,210 of 240, scaled to --epochs",
                      help="Epochs after which the lr is multiplied by --lr-decay (empty: constant lr)."),
         click.option("--lr-decay", type=float, default=None, show_default=_shown("lr_decay"),
                      help="Factor the lr is multiplied by at each milestone."),
         click.option("--seed", type=int, default=None, show_default=_shown("seed"),
                      help="Training seed: initialisation, sample order and which view slot each sample replays."),
+        click.option("--force-schedule", is_flag=True,
+                     help="Train with --milestones and --warmup as given even where they reach past the last epoch "
+                          "(refused otherwise)."),
     )
 
 
-RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "seed")
+RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "seed",
+               "force_schedule")
 
 
 def given_recipe(values: dict[str, Any]) -> dict[str, Any]:
     """The recipe options the user set; the rest are left to TrainConfig's defaults."""
-    return {k: values[k] for k in RECIPE_KEYS if values.get(k) is not None}
+    return {k: values[k] for k in RECIPE_KEYS if values.get(k) not in (None, False)}
 
 
 def cuda_graph_option() -> Decorator:

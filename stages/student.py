@@ -77,6 +77,7 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
                                 epochs=recipe.pop("epochs", None), device=device)
         cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=inputs.epochs, device=device, amp=amp,
                           channels_last=channels_last, num_workers=workers, compile=cuda_graph, **recipe)
+        click.echo(f"{out}: {cfg.resolved().describe_schedule()}")
         summary = train(cfg, inputs.train_set, inputs.test_set, inputs.signal, out, val_set=inputs.val_set,
                         progress=not quiet, overwrite=force, restart_stale=restart_stale)
     except USER_ERRORS as err:

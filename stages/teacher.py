@@ -34,6 +34,7 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
         family = parse_family(augment) if augment else default_family(train_set)
         cfg = TrainConfig(arch=arch, loss="ce", device=device, amp=amp, channels_last=channels_last, num_workers=workers,
                           **given_recipe(recipe))
+        click.echo(f"{out}: {cfg.resolved().describe_schedule()}")
         result = train_teacher(cfg, train_set, test_set, family, out, val_set=val_set, overwrite=force)
     except USER_ERRORS as err:
         raise fail(err) from None

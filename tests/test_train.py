@@ -309,7 +309,7 @@ def test_training_is_deterministic_per_seed(tmp_path, synth):
     train_set, test_set = synth
     views = ViewsOnly(ViewSpec.parse("per-epoch:2", default_family(train_set), seed=0))
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        train(cfg(loss="ce", loss_options={}, epochs=2, seed=seed), train_set, test_set, views, tmp_path / name, progress=False)
+        train(cfg(loss="ce", loss_options={}, epochs=2, milestones=(1,), seed=seed), train_set, test_set, views, tmp_path / name, progress=False)
     assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "b" / "final.pt") == 0.0
     assert max_weight_delta(tmp_path / "a" / "final.pt", tmp_path / "c" / "final.pt") > 0
 
@@ -319,7 +319,7 @@ def test_an_epochs_loss_weighs_each_steps_mean_by_its_batch_size(tmp_path, synth
     sum(step mean x batch size) / 96, not a mean of the step means."""
     train_set, test_set = synth
     steps = []
-    train(cfg(loss="ce", loss_options={}, epochs=1, batch_size=40), train_set, test_set,
+    train(cfg(loss="ce", loss_options={}, epochs=1, milestones=(), batch_size=40), train_set, test_set,
           ViewsOnly(ViewSpec.parse("per-epoch:1", default_family(train_set), seed=0)), tmp_path / "run",
           progress=False, on_step=lambda epoch, step, terms: steps.append(terms["total"]))
     row = json.loads((tmp_path / "run" / "metrics.json").read_text())[0]
