@@ -124,7 +124,7 @@ def dataset_args(**overrides):
     settings = {**config, **overrides}
     args = [f"--dataset {q(config['dataset'])}", f"--data-root {q(config.get('data_root', 'data'))}"]
     for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split"),
-                      ("augment", "--augment")):
+                      ("val_seed", "--val-seed"), ("augment", "--augment")):
         if settings.get(key) is not None:
             args.append(f"{flag} {q(settings[key])}")
     return " ".join(args)

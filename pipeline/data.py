@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import RLDError
+from pipeline.splits import ValSplit, first_per_class, parse_val_split
 
 DEFAULT_ROOT_ENV = "RLD_DATA_ROOT"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -40,7 +41,6 @@ FASHION_MNIST_CLASSES = [
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
 SPLITS = ("train", "val", "test")
-ValSplit = int | float  # samples per class (int >= 1), or a fraction of each class (0 < f < 1)
 
 
 class DatasetError(RLDError, RuntimeError):
@@ -67,6 +67,7 @@ class ImageSet:
     subset: int | None = None
     val_split: ValSplit | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None  # the data root it was read from (a record: not part of its identity)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -118,7 +119,7 @@ class ImageSet:
             mean=self.mean, std=self.std,
             images=None if self.images is None else self.images[torch.from_numpy(indices)],
             files=None if self.files is None else [self.files[i] for i in indices],
-            resize=self.resize, subset=subset, val_split=val_split, options=self.options,
+            resize=self.resize, subset=subset, val_split=val_split, options=self.options, root=self.root,
         )
 
     @property
@@ -161,7 +162,7 @@ class ImageSet:
             "size": len(self),
             "num_classes": self.num_classes,
             "subset": self.subset,
-            "val_split": self.val_split,
+            "val_split": None if self.val_split is None else self.val_split.record(),
             "fingerprint": self.fingerprint,
             **({"classes": list(self.classes)} if class_names else {}),
         }
@@ -189,14 +190,14 @@ def load_dataset(
     *,
     root: str | os.PathLike | None = None,
     subset: int | None = None,
-    val_split: ValSplit | None = None,
+    val_split: ValSplit | int | float | str | None = None,
     download: bool = True,
 ) -> ImageSet:
     """Load a split by name; `subset` keeps the first N samples of each class (in order).
 
-    `val_split` holds out the LAST samples of each class of the training split (N per
-    class, or a fraction): split "val" is them, split "train" the rest, so the first-N
-    `subset` a student trains on is the same with or without a validation split.
+    `val_split` (a `pipeline.splits.ValSplit`, or what `parse_val_split` reads: 100, 0.1,
+    "last:100") holds out samples of each class of the training split: split "val" is them,
+    split "train" the rest, of which `subset` keeps the first N of each class.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -222,61 +223,22 @@ def _load_raw(spec: str, split: str, root: str | os.PathLike | None, download: b
     root_path = Path(root or os.environ.get(DEFAULT_ROOT_ENV, "data")).expanduser()
     data = loader(split, root_path, download=download, **options)
     data.options = options
+    data.root = str(root_path.resolve())
     return data
 
 
-def _hold_out(data: ImageSet, val_split: ValSplit | None, subset: int | None) -> tuple[ImageSet, ImageSet | None]:
+def _hold_out(data: ImageSet, val_split: ValSplit | int | float | str | None,
+              subset: int | None) -> tuple[ImageSet, ImageSet | None]:
     """(training samples, validation samples or None) of a whole training split."""
     val = None
+    val_split = parse_val_split(val_split)
     if val_split is not None:
-        held_out = last_per_class(data.labels, val_split)
+        held_out = val_split.held_out(data.labels)
         val = data.select(held_out, split="val", val_split=val_split)
         data = data.select(np.setdiff1d(np.arange(len(data)), held_out), val_split=val_split)
     if subset is not None:
         data = data.select(first_per_class(data.labels, subset), subset=subset, val_split=val_split)
     return data, val
-
-
-def first_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
-    """Indices of the first `per_class` samples of every class, in dataset order."""
-    if per_class < 1:
-        raise ValueError(f"subset must be >= 1 sample per class, got {per_class}")
-    labels = np.asarray(labels)
-    keep = np.zeros(len(labels), dtype=bool)
-    for c in np.unique(labels):
-        keep[np.flatnonzero(labels == c)[:per_class]] = True
-    return np.flatnonzero(keep)
-
-
-def parse_val_split(value: str | float | int | None) -> ValSplit | None:
-    """'100' -> 100 samples per class; '0.1' -> 10% of each class; None/'' -> no validation split."""
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"val_split must be samples per class (e.g. 100) or a fraction (e.g. 0.1), got {value!r}") from None
-    if number.is_integer() and number >= 1:
-        return int(number)
-    if 0 < number < 1:
-        return number
-    raise ValueError(f"val_split must be an integer >= 1 (per class) or a fraction in (0, 1), got {value!r}")
-
-
-def last_per_class(labels: np.ndarray, val_split: ValSplit) -> np.ndarray:
-    """Indices of the last samples of every class: `val_split` of them, or that fraction (rounded)."""
-    labels = np.asarray(labels)
-    held: list[np.ndarray] = []
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        count = val_split if isinstance(val_split, int) else int(round(val_split * len(rows)))
-        if not 1 <= count < len(rows):
-            raise ValueError(
-                f"val_split {val_split} holds out {count} of the {len(rows)} training samples of class {c}; "
-                "it must leave at least one sample for validation and one for training"
-            )
-        held.append(rows[-count:])
-    return np.sort(np.concatenate(held))
 
 
 def _load_cifar(split: str, root: Path, *, download: bool, classes: int) -> ImageSet:
@@ -549,7 +511,7 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def load_splits(
     spec: str, *, root: str | os.PathLike | None = None, subset: int | None = None,
-    test_subset: int | None = None, val_split: ValSplit | None = None, download: bool = True,
+    test_subset: int | None = None, val_split: ValSplit | int | float | str | None = None, download: bool = True,
 ) -> tuple[ImageSet, ImageSet]:
     """(train, test) of one dataset; subsets keep the first N samples of each class.
 
@@ -562,7 +524,7 @@ def load_splits(
 
 def load_splits_with_val(
     spec: str, *, root: str | os.PathLike | None = None, subset: int | None = None,
-    test_subset: int | None = None, val_split: ValSplit | None = None, download: bool = True,
+    test_subset: int | None = None, val_split: ValSplit | int | float | str | None = None, download: bool = True,
 ) -> tuple[ImageSet, ImageSet | None, ImageSet]:
     """(train, validation or None, test), reading the training split once for both of its parts."""
     train, val = _hold_out(_load_raw(spec, "train", root, download), val_split, subset)

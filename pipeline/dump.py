@@ -44,6 +44,7 @@ def build_provenance(
         "dataset": train.describe(class_names=True),
         "eval_dataset": test.describe(),
         "normalization": train.normalization,
+        "data_root": train.root,  # a record: where the images were read from, for its students
         "views": spec.to_dict(),
         "dtype": dtype,
         "inference": {**numerics.to_dict(), "torch": torch.__version__, "device_name": _device_name(numerics.device)},

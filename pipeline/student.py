@@ -1,17 +1,18 @@
 """What a student trains on: its data splits, its views and its teacher signal.
 
 A student from a logit store takes its data from the store (dataset, subsets, validation
-split), so a user names the store and nothing else; whatever they do name must agree with
-it. Without a store the data and views come from the request, and the teacher, if any, runs
+split, and the data root it was read from, while that still exists), so a user names the
+store and nothing else; whatever they do name must agree with it. Without a store the data and views come from the request, and the teacher, if any, runs
 online.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipeline.data import ImageSet, ValSplit, load_splits_with_val
+from pipeline.data import DatasetError, ImageSet, load_splits_with_val
 from pipeline.errors import ConfigError, NeedsTeacher
 from pipeline.inference import Numerics, default_family
 from pipeline.methods import get_method
@@ -19,6 +20,7 @@ from pipeline.runtime import resolve_device
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
 from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
+from pipeline.splits import ValSplit
 from pipeline.views import ViewSpec, parse_family
 
 DEFAULT_EPOCHS = 240  # the paper's; a per-epoch store of E views sets E instead
@@ -64,8 +66,15 @@ def student_inputs(
         data = _data_from_store(store, data)
     elif data.dataset is None:
         raise ConfigError("name a dataset: without a store there is none to take it from", setting="dataset")
-    train_set, val_set, test_set = load_splits_with_val(data.dataset, root=data.root, subset=data.subset,
-                                                        test_subset=data.test_subset, val_split=data.val_split)
+    try:
+        train_set, val_set, test_set = load_splits_with_val(data.dataset, root=data.root, subset=data.subset,
+                                                            test_subset=data.test_subset, val_split=data.val_split)
+    except DatasetError as err:
+        recorded = store.attrs.get("data_root") if store is not None else None
+        if recorded is None:
+            raise
+        raise ConfigError(f"{err} (the store was made from the data in {recorded}; name where that data is now)",
+                          setting="data_root") from None
     view_seed = seed if view_seed is None else view_seed
     if store is not None:
         check_store(store, train_set, test_set, data.augment, expected_teacher)
@@ -84,12 +93,15 @@ def student_inputs(
 def _data_from_store(store: LogitStore, data: DataRequest) -> DataRequest:
     """The store's dataset, subsets and validation split, where the request left them open."""
     recorded = store.attrs["dataset"]
+    root = data.root
+    if root is None and store.attrs.get("data_root") and Path(store.attrs["data_root"]).exists():
+        root = store.attrs["data_root"]  # the data the store was made from (its fingerprint is checked)
     return DataRequest(
         dataset=data.dataset or recorded.get("spec", recorded["name"]),
-        root=data.root,
+        root=root,
         subset=data.subset if data.subset is not None else recorded.get("subset"),
         test_subset=data.test_subset if data.test_subset is not None else store.attrs["eval_dataset"].get("subset"),
-        val_split=data.val_split if data.val_split is not None else recorded.get("val_split"),
+        val_split=data.val_split if data.val_split is not None else ValSplit.from_record(recorded.get("val_split")),
         augment=data.augment,
     )
 

@@ -47,7 +47,7 @@ def _stack(*decorators: Decorator) -> Decorator:
 USER_ERRORS = (ValueError, RuntimeError, OSError)
 
 # The library's settings, as the CLI spells them (for errors that name a setting).
-FLAGS = {"loss": "--loss", "dataset": "--dataset", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
+FLAGS = {"loss": "--loss", "dataset": "--dataset", "data_root": "--data-root", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
          "teacher": "--teacher", "epochs": "--epochs", "milestones": "--milestones", "warmup": "--warmup"}
 
 
@@ -147,12 +147,15 @@ def dataset_options(required: bool = True) -> Decorator:
         click.option("--dataset", required=required,
                      help="cifar100 | cifar10 | fashion-mnist | imagefolder | synthetic, options as name:key=value,..."),
         click.option("--data-root", type=click.Path(file_okay=False), default=None, envvar="RLD_DATA_ROOT",
-                     help="Where datasets live (default ./data, or $RLD_DATA_ROOT)."),
+                     help="Where datasets live (default ./data, or $RLD_DATA_ROOT; a student of a store: where the store read them, while that exists)."),
         click.option("--subset", type=click.IntRange(min=1), default=None, help="Keep the first N training samples of each class."),
         click.option("--test-subset", type=click.IntRange(min=1), default=None, help="Keep the first N test samples of each class."),
         click.option("--val-split", callback=_val_split, default=None,
-                     help="Hold out the last N training samples of each class (or a fraction, e.g. 0.1) for "
-                          "validation: students select best.pt on it; the test split only reports."),
+                     help="Hold out N training images of each class (or a fraction, e.g. 0.1), drawn at random "
+                          "from --val-seed, for validation: every choice is made on it, the test split only "
+                          "reports. last:N holds out the last N of each class in file order instead."),
+        click.option("--val-seed", type=int, default=None, show_default="0",
+                     help="Seed the validation images are drawn from (with --val-split N)."),
         click.option("--augment", default=None, help="View family: crop[:size=32,padding=4] | resized-crop[:size=224]; default by dataset."),
     )
 
@@ -179,13 +182,24 @@ def runtime_options(channels_last: str | None = "on", *, workers: bool = True, a
     return _stack(*options)
 
 
-def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> int | float | None:
-    from pipeline.data import parse_val_split
+def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from pipeline.splits import parse_val_split
 
     try:
         return parse_val_split(value)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
+
+
+def val_split_with_seed(val_split: Any, val_seed: int | None) -> Any:
+    """--val-split with the seed --val-seed gives it (None: the split's own, 0)."""
+    if val_split is None:
+        if val_seed is not None:
+            raise click.UsageError("--val-seed needs --val-split")
+        return None
+    from pipeline.splits import parse_val_split
+
+    return parse_val_split(val_split, seed=val_seed)
 
 
 def _milestones(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

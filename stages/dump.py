@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from stages._options import USER_ERRORS, dataset_options, fail, renamed, runtime_options, store_option
+from stages._options import (USER_ERRORS, dataset_options, fail, renamed, runtime_options, store_option,
+                             val_split_with_seed)
 
 STORE_DTYPES = ("float16", "float32")  # pipeline.store.DTYPES (a test keeps them equal)
 
@@ -38,7 +39,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     " The teacher's numerics (device type, autocast, memory format) are recorded in the store"
     " and part of its identity: a resumed dump must use the same, and an online teacher adopts them."))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_split, augment, views, view_seed, dtype,
+def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_split, val_seed, augment, views, view_seed, dtype,
              shard, batch_size, chunk_samples, max_gb, device, amp, channels_last, workers, quiet) -> None:  # noqa: ANN001
     """Fill (or resume) a logit store: raw teacher logits of every view, plus test logits.
 
@@ -57,7 +58,7 @@ def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_s
         shard_index = parse_shard(shard)
         teacher = load_teacher(teacher_path)
         train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
-                                          val_split=val_split)
+                                          val_split=val_split_with_seed(val_split, val_seed))
         family = parse_family(augment) if augment else family_from_dict(teacher.family) if teacher.family else None
         if family is None:
             raise ValueError(f"{teacher_path} records no view family; pass --augment")

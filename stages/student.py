@@ -6,7 +6,7 @@ import click
 
 from pipeline.methods import METHODS, option_names
 from stages._options import (USER_ERRORS, checked_loss_options, cuda_graph_option, dataset_options, fail, given_recipe,
-                             loss_options, method_epilog, recipe_options, renamed, runtime_options)
+                             loss_options, method_epilog, recipe_options, renamed, runtime_options, val_split_with_seed)
 
 
 @click.group()
@@ -44,7 +44,7 @@ def student() -> None:
                    "a finished run is still kept (the workflow passes this for its own work folders).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. students/resnet8x4")
-def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset, val_split, augment, device, amp,
+def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset, val_split, val_seed, augment, device, amp,
               channels_last, workers, teacher_path, expect_teacher, views, view_seed, cuda_graph, force, restart_stale,
               quiet, out, **options) -> None:  # noqa: ANN001
     """Train one student; resumable (rerun the same command after a kill).
@@ -71,7 +71,7 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
             from pipeline.losses import make_objective
 
             loss_options["alpha_temperature"] = make_objective(loss, **loss_options).with_same_t().params["alpha_temperature"]
-        data = DataRequest(dataset, data_root, subset, test_subset, val_split, augment)
+        data = DataRequest(dataset, data_root, subset, test_subset, val_split_with_seed(val_split, val_seed), augment)
         inputs = student_inputs(loss, data, store_path=store, expected_teacher=expect_teacher, online_teacher=teacher_path,
                                 views=views, view_seed=view_seed, seed=recipe.get("seed", 0),
                                 epochs=recipe.pop("epochs", None), device=device)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from stages._options import USER_ERRORS, InPipelineOrder, dataset_options, fail, given_recipe, recipe_options, runtime_options
+from stages._options import (USER_ERRORS, InPipelineOrder, dataset_options, fail, given_recipe, recipe_options,
+                             runtime_options, val_split_with_seed)
 
 
 @click.group(cls=InPipelineOrder)
@@ -19,7 +20,7 @@ def teacher() -> None:
 @runtime_options()
 @click.option("--force", is_flag=True, help="Train again even if the output exists.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write, e.g. teachers/resnet32x4.pt")
-def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment, device, amp, channels_last, workers, force,
+def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, val_seed, augment, device, amp, channels_last, workers, force,
               out, **recipe) -> None:  # noqa: ANN001
     """Plain cross-entropy training with the paper's recipe; records test accuracy."""
     from pipeline.data import load_splits_with_val
@@ -30,7 +31,8 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
 
     try:
         train_set, val_set, test_set = load_splits_with_val(dataset, root=data_root, subset=subset,
-                                                            test_subset=test_subset, val_split=val_split)
+                                                            test_subset=test_subset,
+                                                            val_split=val_split_with_seed(val_split, val_seed))
         family = parse_family(augment) if augment else default_family(train_set)
         cfg = TrainConfig(arch=arch, loss="ce", device=device, amp=amp, channels_last=channels_last, num_workers=workers,
                           **given_recipe(recipe))
@@ -48,7 +50,7 @@ def train_cmd(arch, dataset, data_root, subset, test_subset, val_split, augment,
 @dataset_options()
 @runtime_options(channels_last=None, workers=False)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write.")
-def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split, augment, device, amp, out) -> None:  # noqa: ANN001
+def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split, val_seed, augment, device, amp, out) -> None:  # noqa: ANN001
     """Wrap existing weights as a teacher file, measuring its test accuracy here."""
     from pipeline.data import load_splits
     from pipeline.inference import default_family
@@ -58,7 +60,7 @@ def import_cmd(arch, weights, dataset, data_root, subset, test_subset, val_split
 
     try:
         train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
-                                          val_split=val_split)
+                                          val_split=val_split_with_seed(val_split, val_seed))
         family = parse_family(augment) if augment else default_family(train_set)
         dev = resolve_device(device)
         result = import_teacher(arch, weights, train_set, test_set, family, device=dev, amp=resolve_amp(amp, dev))

@@ -25,6 +25,7 @@ from stages._options import USER_ERRORS, fail, legacy_store_argument, renamed
 def verify_cmd(store, teacher_path, samples, sample_seed, tolerance, data_root, device, as_json) -> None:  # noqa: ANN001
     """Exit 1 when stored logits or inputs differ from a fresh teacher run beyond tolerance."""
     from pipeline.data import load_dataset
+    from pipeline.splits import ValSplit
     from pipeline.runtime import resolve_device
     from pipeline.store import LogitStore
     from pipeline.teacher import load_teacher
@@ -34,7 +35,7 @@ def verify_cmd(store, teacher_path, samples, sample_seed, tolerance, data_root, 
         opened = LogitStore.open(store)
         ds = opened.attrs["dataset"]
         train_set = load_dataset(ds.get("spec", ds["name"]), "train", root=data_root, subset=ds.get("subset"),
-                                 val_split=ds.get("val_split"))
+                                 val_split=ValSplit.from_record(ds.get("val_split")))
         report = verify_store(opened, load_teacher(teacher_path), train_set, samples=samples, seed=sample_seed or 0,
                               device=resolve_device(device), tolerance=tolerance)
     except USER_ERRORS as err:

@@ -16,9 +16,9 @@ from pipeline.data import (
     first_per_class,
     load_dataset,
     load_splits,
-    parse_val_split,
     to_model_input,
 )
+from pipeline.splits import ValSplit, parse_val_split
 
 
 def test_synthetic_is_deterministic_and_options_apply():
@@ -144,39 +144,62 @@ def test_bad_names_and_options():
         load_dataset("synthetic", "validation")
 
 
-def test_a_validation_split_holds_out_the_last_samples_of_each_class():
+def _rows(images, full) -> list[int]:
+    """Where each image of `images` sits in `full` (synthetic images are all distinct)."""
+    index = {bytes(img.numpy()): i for i, img in enumerate(full.images)}
+    return sorted(index[bytes(img.numpy())] for img in images)
+
+
+def test_a_validation_split_is_drawn_at_random_per_class_from_its_seed():
+    """A folder's file order is rarely random (cameras, shoots, writers): the held-out images
+    are drawn per class from a seed, recorded in the split's identity."""
     spec = "synthetic:classes=3,train=60,test=9"
     full = load_dataset(spec, "train")
-    val = load_dataset(spec, "val", val_split=4)
-    train = load_dataset(spec, "train", val_split=4)
+    val, train = load_dataset(spec, "val", val_split=4), load_dataset(spec, "train", val_split=4)
     assert len(val) == 12 and len(train) == 48 and np.bincount(val.labels).tolist() == [4, 4, 4]
-    for c in range(3):  # the last 4 of each class, in dataset order
-        rows = np.flatnonzero(full.labels == c)[-4:]
-        assert torch.equal(val.images[val.labels == c], full.images[rows])
-    pixels = {bytes(img.numpy()) for img in train.images}
-    assert not any(bytes(img.numpy()) in pixels for img in val.images)
-    # A first-N subset is the same with or without a validation split, and records both.
-    sub, sub_val = load_dataset(spec, "train", subset=5), load_dataset(spec, "train", subset=5, val_split=4)
-    assert torch.equal(sub.images, sub_val.images) and sub_val.describe()["val_split"] == 4
-    assert sub.describe()["val_split"] is None
+    held = _rows(val.images, full)
+    assert not set(held) & set(_rows(train.images, full))  # no image in both
+    assert held != sorted(np.concatenate([np.flatnonzero(full.labels == c)[-4:] for c in range(3)]).tolist())
+    assert held == _rows(load_dataset(spec, "val", val_split=4).images, full)  # the same draw again
+    other = load_dataset(spec, "val", val_split=parse_val_split(4, seed=1))
+    assert _rows(other.images, full) != held
+    assert val.describe()["val_split"] == {"size": 4, "draw": "random", "seed": 0}
+    assert other.describe()["val_split"] == {"size": 4, "draw": "random", "seed": 1}
+    assert train.fingerprint != load_dataset(spec, "train", val_split="last:4").fingerprint
     assert np.bincount(load_dataset(spec, "val", val_split=0.25).labels).tolist() == [5, 5, 5]
     with pytest.raises(ValueError, match="leave at least one sample"):
         load_dataset(spec, "val", val_split=20)
-    with pytest.raises(ValueError, match="fraction in"):
-        parse_val_split("1.5")
+
+
+def test_the_last_n_split_stays_available_by_name_and_old_records_mean_it():
+    spec = "synthetic:classes=3,train=60,test=9"
+    full = load_dataset(spec, "train")
+    val = load_dataset(spec, "val", val_split="last:4")
+    for c in range(3):  # the last 4 of each class, in dataset order
+        rows = np.flatnonzero(full.labels == c)[-4:]
+        assert torch.equal(val.images[val.labels == c], full.images[rows])
+    # Recorded as earlier versions recorded it (a plain number), so their stores still match.
+    assert val.describe()["val_split"] == 4
+    assert ValSplit.from_record(4) == ValSplit(4, "last") and ValSplit.from_record(None) is None
+    assert ValSplit.from_record({"size": 0.1, "draw": "random", "seed": 3}) == ValSplit(0.1, "random", 3)
+    # A first-N subset is the same with or without a validation split, and records both.
+    sub, sub_val = load_dataset(spec, "train", subset=5), load_dataset(spec, "train", subset=5, val_split="last:4")
+    assert torch.equal(sub.images, sub_val.images) and sub_val.describe()["val_split"] == 4
+    assert sub.describe()["val_split"] is None
 
 
 def test_val_split_of_one_per_class_is_accepted_and_one_that_holds_out_nothing_is_refused():
     """'1' is one sample per class (an int, not the fraction 1.0); a fraction that rounds to no
     sample of a class would otherwise hold out the whole class (rows[-0:] is every row)."""
-    assert parse_val_split("1") == 1 and type(parse_val_split("1")) is int
-    assert parse_val_split("100") == 100 and type(parse_val_split(2.0)) is int and parse_val_split("0.1") == 0.1
+    assert parse_val_split("1") == ValSplit(1) and type(parse_val_split("1").size) is int
+    assert parse_val_split("100") == ValSplit(100) and type(parse_val_split(2.0).size) is int
+    assert parse_val_split("0.1") == ValSplit(0.1) and parse_val_split("last:0.1") == ValSplit(0.1, "last")
     assert parse_val_split(None) is None and parse_val_split("") is None
-    for bad in ("0", "-3", "1.5", "ten"):
-        with pytest.raises(ValueError, match="val_split must be"):
+    for bad in ("0", "-3", "1.5", "ten", "first:3", "last:0"):
+        with pytest.raises(ValueError, match="val_split"):
             parse_val_split(bad)
     spec = "synthetic:classes=3,train=60,test=9"  # 20 training samples per class
-    full, val = load_dataset(spec, "train"), load_dataset(spec, "val", val_split=parse_val_split("1"))
+    full, val = load_dataset(spec, "train"), load_dataset(spec, "val", val_split="last:1")
     assert np.bincount(val.labels).tolist() == [1, 1, 1]
     for c in range(3):  # the last sample of each class
         assert torch.equal(val.images[val.labels == c][0], full.images[np.flatnonzero(full.labels == c)[-1]])

@@ -325,7 +325,7 @@ def test_a_store_with_a_validation_split_holds_the_rest_and_verifies(tmp_path, t
                  "--dtype", "float32", "--quiet", "--store", str(store))
     assert dumped.exit_code == 0, dumped.output
     recorded = LogitStore.open(store).attrs["dataset"]
-    assert (recorded["val_split"], recorded["size"]) == (4, 80)
+    assert (recorded["val_split"], recorded["size"]) == ({"size": 4, "draw": "random", "seed": 0}, 80)
     assert recorded["fingerprint"] == load_dataset(SYNTH, "train", val_split=4).fingerprint
     verified = cli("verify", "--store", str(store), "--teacher", str(teacher_file), "--samples", "16", "--json")
     assert verified.exit_code == 0 and json.loads(verified.stdout)["ok"] is True, verified.output

@@ -170,3 +170,25 @@ def test_data_check_lists_every_undecodable_image(tmp_path):
 
     in_memory = check_decodes(load_dataset("synthetic:train=8,test=4", "train"), progress=False)
     assert (in_memory.files, in_memory.bad, in_memory.short_sides) == (8, [], None)
+
+
+def test_a_student_of_a_store_finds_its_images_where_the_store_read_them(tmp_path, folder_teacher):
+    """Without --data-root a student of an image-folder store once looked in ./data and failed
+    with 'no folder data/train': the store now records its data root, and a student uses it
+    while it exists; once the folder has moved, the error names the option and the old place."""
+    root = make_image_folder(tmp_path / "photos", train=12, test=4)
+    store = tmp_path / "s.zarr"
+    args = ["--dataset", "imagefolder", "--augment", "resized-crop:size=32"]
+    assert cli("dump", "--teacher", str(folder_teacher), *args, "--data-root", str(root), "--views", "per-epoch:1",
+               "--quiet", "--store", str(store)).exit_code == 0
+    assert LogitStore.open(store).attrs["data_root"] == str(root.resolve())
+    student = ["student", "train", "--arch", "resnet8", "--loss", "kd", "--batch-size", "16", "--no-channels-last",
+               "--quiet", "--store", str(store)]
+    result = cli(*student, "--out", str(tmp_path / "a"))
+    assert result.exit_code == 0, result.output
+    moved = root.rename(tmp_path / "moved")
+    result = cli(*student, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 1 and result.stderr.startswith("Error: --data-root: imagefolder: no folder")
+    assert f"(the store was made from the data in {root.resolve()}; name where that data is now)" in result.stderr
+    result = cli(*student, "--data-root", str(moved), "--out", str(tmp_path / "c"))
+    assert result.exit_code == 0, result.output

@@ -92,7 +92,7 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     assert rows[0].startswith("name,teacher,teacher_top1,arch,loss") and len(rows) == 5
     assert json.loads((wd / "students/c-s2/summary.json").read_text())["seed"] == 2
     # The validation split reached every stage: the store's data excludes it, students select on it.
-    assert store.attrs["dataset"]["val_split"] == 4 and summary["best"]["val_top1"] is not None
+    assert store.attrs["dataset"]["val_split"] == {"size": 4, "draw": "random", "seed": 0} and summary["best"]["val_top1"] is not None
     assert (wd / "reports/accuracy.png").read_bytes()[:4] == b"\x89PNG"
     rerun = snakemake(wd, "--cores", "2")
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
