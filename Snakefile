@@ -13,8 +13,10 @@ import difflib
 import shlex
 import sys
 
+import yaml
 from snakemake.utils import min_version, validate
 
+from pipeline.config import check_config
 from pipeline.grid import expand_students
 from pipeline.methods import get_method
 
@@ -28,6 +30,14 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
+# One line for a config's first problem, with the closest key for a misspelt one (Snakemake's
+# own report is a warning, that line and the whole schema); then Snakemake's validate fills in
+# the schema's defaults.
+try:
+    with open(workflow.source_path("config/schema.yaml")) as schema:
+        check_config(config, yaml.safe_load(schema))
+except ValueError as err:
+    sys.exit(f"config: {err}")
 validate(config, "config/schema.yaml")
 
 # The interpreter running Snakemake, so rules use this environment even when it is not
@@ -41,7 +51,7 @@ RLD = f"{shlex.quote(sys.executable)} -m stages.cli"
 try:
     STUDENTS = expand_students(config["students"])
 except ValueError as err:
-    raise ValueError(f"config: {err}") from None
+    sys.exit(f"config: {err}")
 TEACHERS, STORES = config["teachers"], config.get("stores", {})
 REPORT = config.get("report_dir", "reports")
 # Students are named by their config entry, so two configs can both have a resnet8x4-ce-s0
@@ -105,7 +115,10 @@ def check_references():
             raise ValueError(f"config: students.{name} uses loss {student['loss']!r}, which needs a store")
 
 
-check_references()
+try:
+    check_references()
+except ValueError as err:
+    sys.exit(str(err))
 
 
 wildcard_constraints:
@@ -125,7 +138,7 @@ def dataset_args(**overrides):
     args = [f"--dataset {q(config['dataset'])}", f"--data-root {q(config.get('data_root', 'data'))}"]
     for key, flag in (("subset", "--subset"), ("test_subset", "--test-subset"), ("val_split", "--val-split"),
                       ("val_seed", "--val-seed"), ("augment", "--augment")):
-        if settings.get(key) is not None:
+        if settings.get(key) is not None and (key != "val_seed" or settings.get("val_split") is not None):
             args.append(f"{flag} {q(settings[key])}")
     return " ".join(args)
 
@@ -219,7 +232,7 @@ rule teacher:
         gpu=ONE_GPU,
         mem_mb=MEM_MB["teacher"],
     shell:
-        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} {params.cmd} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} {params.cmd} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule dump_shard:
@@ -240,7 +253,7 @@ rule dump_shard:
         gpu=ONE_GPU,
         mem_mb=MEM_MB["dump"],
     shell:
-        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} "
+        "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} --threads {threads} "
         "--shard {wildcards.shard}/{wildcards.shards} --quiet --store cache/logits/{wildcards.store}.zarr > {log} 2>&1"
 
 
@@ -282,7 +295,7 @@ rule student:
         nodes=1,
         mem_mb=MEM_MB["student"] * max(GPUS, 1),
     shell:
-        "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --restart-stale --quiet "
+        "OMP_NUM_THREADS={threads} {TRAIN_STUDENT} student train {params.args} --threads {threads} --restart-stale --quiet "
         "--out {params.work} > {log} 2>&1 "
         "&& mv {params.work} {output}"
 

@@ -434,6 +434,34 @@ def check_decodes(images: ImageSet, *, num_workers: int = 0, progress: bool = Tr
     return DecodeCheck(len(images), bad, (min(sides), max(sides)) if sides else None)
 
 
+def require_decodable(sets: Sequence[ImageSet], *, num_workers: int, cache: Path | None = None,
+                      progress: bool = True) -> None:
+    """Decode every file of image-folder `sets` once, before a run that would stop at the first
+    bad one minutes or hours in; DatasetError lists every file that fails. A set that passed is
+    remembered in `cache` (a marker per fingerprint), so the next run of the same folder skips it."""
+    bad: list[str] = []
+    for images in sets:
+        if images.files is None:
+            continue
+        marker = None if cache is None else cache / f"{images.fingerprint}.ok"
+        if marker is not None and marker.exists():
+            continue
+        found = check_decodes(images, num_workers=num_workers, progress=progress)
+        bad += found.bad
+        if not found.bad and marker is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{found.files} images of {images.name} ({images.split}) decode\n")
+    if bad:
+        listed = "; ".join(bad[:5]) + (f"; ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise DatasetError(f"{len(bad)} image{'s' if len(bad) > 1 else ''} cannot be decoded: {listed}")
+
+
+def decode_check_cache() -> Path:
+    """Where passed decode checks are remembered: $XDG_CACHE_HOME/rld-offline/decode-checks."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rld-offline" / "decode-checks"
+
+
 def _load_synthetic(
     split: str, root: Path, *, download: bool, classes: int = 10, train: int = 640, test: int = 200,
     size: int = 32, channels: int = 3, seed: int = 0,

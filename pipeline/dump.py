@@ -34,10 +34,11 @@ class NonFiniteLogits(RuntimeError):
 def build_provenance(
     teacher: Teacher, train: ImageSet, test: ImageSet, spec: ViewSpec, *, dtype: str, numerics: Numerics
 ) -> dict[str, Any]:
-    """What a store records about where its logits came from (cache/README.md lists the fields).
+    """What a store records about where its logits came from (docs/store-format.md lists the fields).
 
     `inference` holds the teacher's numerics (identity: they change the logits) and, as a
-    record only, the torch version and device name of the process that created the store.
+    record only, the torch version, device name and CPU thread count of the process that
+    created the store.
     """
     provenance = {
         "teacher": teacher.describe(),
@@ -47,7 +48,8 @@ def build_provenance(
         "data_root": train.root,  # a record: where the images were read from, for its students
         "views": spec.to_dict(),
         "dtype": dtype,
-        "inference": {**numerics.to_dict(), "torch": torch.__version__, "device_name": _device_name(numerics.device)},
+        "inference": {**numerics.to_dict(), "torch": torch.__version__, "device_name": _device_name(numerics.device),
+                      "threads": torch.get_num_threads()},
         "code_version": code_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -104,6 +106,7 @@ def dump(
     channels_last: bool | None = None,
     num_workers: int | None = None,
     chunk_samples: int | None = None,
+    threads: int | None = None,
     progress: bool = True,
     after_unit: Callable[[Unit], None] | None = None,
 ) -> DumpResult:
@@ -113,6 +116,8 @@ def dump(
     and `channels_last` None take the defaults of `device` (see `Numerics.resolve`).
     """
     check_compatible(teacher, train)
+    if threads is not None:
+        torch.set_num_threads(threads)
     batch_size = batch_size or (512 if device.type == "cuda" else 64)
     num_workers = resolve_workers(num_workers, device)
     layout = layout_for(train, test, spec, dtype, chunk_samples)

@@ -23,7 +23,8 @@ from pipeline.errors import ConfigError
 
 # Options that change how fast a run goes but not what it computes (beyond float rounding, for
 # `compile`): a run may resume with others.
-RUNTIME_ONLY = ("num_workers", "eval_batch_size", "compile")
+RUNTIME_ONLY = ("num_workers", "eval_batch_size", "compile", "threads")
+DEFAULT_THREADS = 2  # the workflow's default; CPU kernels round differently with other thread counts
 
 PAPER_EPOCHS = 240
 PAPER_MILESTONES = (150, 180, 210)
@@ -48,6 +49,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool = True
     num_workers: int | None = None  # None: runtime.resolve_workers
+    threads: int = DEFAULT_THREADS  # torch's CPU threads: the same count gives the same student on a CPU
     eval_batch_size: int = 256
     compile: bool = False  # replay the training step as a CUDA graph (pipeline/step.py); CUDA only
     force_schedule: bool = False  # accept milestones and a warm-up that reach past the last epoch

@@ -143,9 +143,10 @@ def pair_with_ce(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std; no std for a single value (one seed says nothing of the spread)."""
     if not values:
         return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
 def groups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -245,7 +246,9 @@ def _fmt(value: Any, digits: int = 2, signed: bool = False) -> str:
 
 
 def _pm(mean: float | None, std: float | None, signed: bool = False, digits: int = 2) -> str:
-    return "-" if mean is None else f"{_fmt(mean, digits, signed=signed)} ± {_fmt(std, digits)}"
+    if mean is None:
+        return "-"
+    return _fmt(mean, digits, signed=signed) + ("" if std is None else f" ± {_fmt(std, digits)}")
 
 
 def _positive(g: dict[str, Any]) -> str:

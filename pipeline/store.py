@@ -127,7 +127,23 @@ def compare(expected: dict[str, Any], found: dict[str, Any], fields: tuple[str, 
                 lines.append(f"{field}: store has {_entries(a)}, requested {_entries(b)}")
             else:
                 lines.append(f"{field}: store has {_short(a)}, requested {_short(b)}")
+    if lines and "dataset.spec" in want and want["dataset.spec"] != have.get("dataset.spec"):
+        # A fingerprint says only that the images differ; the dataset's options say which setting made them.
+        lines.insert(0, _option_differences(str(have.get("dataset.spec", "")), str(want["dataset.spec"])))
     return lines
+
+
+def _spec_options(spec: str) -> dict[str, str]:
+    """'imagefolder:resize=32,channels=1' -> {'dataset': 'imagefolder', 'resize': '32', 'channels': '1'}."""
+    name, _, rest = spec.partition(":")
+    return {"dataset": name, **dict(item.partition("=")[::2] for item in rest.split(",") if item)}
+
+
+def _option_differences(stored: str, requested: str) -> str:
+    """'resize: store 32, requested none' for every dataset option that differs."""
+    a, b = _spec_options(stored), _spec_options(requested)
+    return "; ".join(f"{key}: store {a.get(key, 'none')}, requested {b.get(key, 'none')}"
+                     for key in dict.fromkeys([*a, *b]) if a.get(key) != b.get(key))
 
 
 _ABSENT = "(absent)"

@@ -87,6 +87,8 @@ def train(
     if device.type == "cuda" and world.distributed:
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # a CPU's float sums round by how the work is split
     try:
         run = _start(cfg, objective, Splits(train_set, val_set, test_set), signal, Path(out_dir), device, amp, world,
                      overwrite=overwrite, restart_stale=restart_stale)
@@ -94,6 +96,7 @@ def train(
             return {"stopped_after_epoch": run.epoch}
         return _finish(run) if world.is_main else {}
     finally:
+        torch.set_num_threads(threads)
         close_world(world)
 
 
@@ -192,6 +195,8 @@ def _resume(run: _Run, restart_stale: bool) -> None:
     run.scaler.load_state_dict(ckpt.get("scaler", {}))
     run.history, run.best, run.epoch = ckpt["history"], ckpt["best"], ckpt["epoch"]
     torch.set_rng_state(ckpt["torch_rng"])
+    if run.world.is_main:
+        print(f"{run.out}: resuming after epoch {run.epoch} of {run.cfg.epochs} (checkpoint.pt)", file=sys.stderr)
 
 
 def _run_epochs(run: _Run, progress: bool, stop_after: int | None, on_step: Callable | None) -> bool:

@@ -166,6 +166,7 @@ def runtime_options(channels_last: str | None = "on", *, workers: bool = True, a
     `channels_last`: the flag's default, "on" or "auto" (on for CUDA, off on CPU); None: no flag.
     """
     options = [
+        threads_option(),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
         click.option("--amp", type=click.Choice(AMP_CHOICES), default="auto", show_default=True,
                      help="Autocast: auto = bf16 on CUDA, off on CPU." + amp_help),
@@ -180,6 +181,31 @@ def runtime_options(channels_last: str | None = "on", *, workers: bool = True, a
         options.append(click.option("--workers", type=click.IntRange(min=0), default=None,
                                     help="DataLoader worker processes building views (default on CUDA: the job's CPUs - 1, i.e. its affinity capped by OMP_NUM_THREADS, 1 to 8; 0 on CPU)."))
     return _stack(*options)
+
+
+NO_CHECK = click.option(
+    "--no-check", is_flag=True,
+    help="Do not decode every image of an image folder before starting (it finds every bad file in one pass; "
+         "a folder that passed is remembered by its fingerprint and not decoded again).")
+
+
+def decode_check(sets: list[Any], skip: bool, progress: bool = True) -> None:
+    """`rld data check` before a long run on an image folder, unless `skip`."""
+    if skip:
+        return
+    from pipeline.data import decode_check_cache, require_decodable
+    from pipeline.runtime import cpu_budget
+
+    require_decodable([s for s in sets if s is not None], num_workers=min(8, cpu_budget()), cache=decode_check_cache(),
+                      progress=progress)
+
+
+def threads_option() -> Decorator:
+    from pipeline.recipe import DEFAULT_THREADS
+
+    return click.option("--threads", type=click.IntRange(min=1), default=None, show_default=str(DEFAULT_THREADS),
+                        help="CPU threads of torch. A CPU rounds sums differently with another count, so the "
+                             "same student needs the same count (the workflow passes its `threads`).")
 
 
 def _val_split(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from stages._options import (USER_ERRORS, dataset_options, fail, renamed, runtime_options, store_option,
-                             val_split_with_seed)
+from stages._options import (NO_CHECK, USER_ERRORS, dataset_options, decode_check, fail, renamed, runtime_options,
+                             store_option, val_split_with_seed)
 
 STORE_DTYPES = ("float16", "float32")  # pipeline.store.DTYPES (a test keeps them equal)
 
@@ -38,9 +38,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 @runtime_options(channels_last="auto", amp_help=(
     " The teacher's numerics (device type, autocast, memory format) are recorded in the store"
     " and part of its identity: a resumed dump must use the same, and an online teacher adopts them."))
+@NO_CHECK
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_split, val_seed, augment, views, view_seed, dtype,
-             shard, batch_size, chunk_samples, max_gb, device, amp, channels_last, workers, quiet) -> None:  # noqa: ANN001
+             shard, batch_size, chunk_samples, max_gb, threads, device, amp, channels_last, workers, no_check, quiet) -> None:  # noqa: ANN001
     """Fill (or resume) a logit store: raw teacher logits of every view, plus test logits.
 
     Safe to kill: rerunning the same command finishes only the missing write units.
@@ -59,6 +60,7 @@ def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_s
         teacher = load_teacher(teacher_path)
         train_set, test_set = load_splits(dataset, root=data_root, subset=subset, test_subset=test_subset,
                                           val_split=val_split_with_seed(val_split, val_seed))
+        decode_check([train_set, test_set], no_check, progress=not quiet)
         family = parse_family(augment) if augment else family_from_dict(teacher.family) if teacher.family else None
         if family is None:
             raise ValueError(f"{teacher_path} records no view family; pass --augment")
@@ -73,7 +75,7 @@ def dump_cmd(store, teacher_path, dataset, data_root, subset, test_subset, val_s
         dev = resolve_device(device)
         result = dump(teacher, train_set, test_set, spec, store, dtype=dtype, shard=shard_index, batch_size=batch_size,
                       device=dev, amp=amp, channels_last=channels_last, num_workers=workers,
-                      chunk_samples=chunk_samples, progress=not quiet)
+                      chunk_samples=chunk_samples, threads=threads, progress=not quiet)
     except USER_ERRORS as err:
         raise fail(err) from None
     state = "complete" if result.complete else "incomplete (other shards pending)"

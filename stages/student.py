@@ -44,7 +44,7 @@ def student() -> None:
                    "a finished run is still kept (the workflow passes this for its own work folders).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. students/resnet8x4")
-def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset, val_split, val_seed, augment, device, amp,
+def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset, val_split, val_seed, augment, threads, device, amp,
               channels_last, workers, teacher_path, expect_teacher, views, view_seed, cuda_graph, force, restart_stale,
               quiet, out, **options) -> None:  # noqa: ANN001
     """Train one student; resumable (rerun the same command after a kill).
@@ -75,6 +75,8 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
         inputs = student_inputs(loss, data, store_path=store, expected_teacher=expect_teacher, online_teacher=teacher_path,
                                 views=views, view_seed=view_seed, seed=recipe.get("seed", 0),
                                 epochs=recipe.pop("epochs", None), device=device)
+        if threads is not None:
+            recipe["threads"] = threads
         cfg = TrainConfig(arch=arch, loss=loss, loss_options=loss_options, epochs=inputs.epochs, device=device, amp=amp,
                           channels_last=channels_last, num_workers=workers, compile=cuda_graph, **recipe)
         click.echo(f"{out}: {cfg.resolved().describe_schedule()}")

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from stages._options import USER_ERRORS, fail, legacy_store_argument, renamed
+from stages._options import USER_ERRORS, fail, legacy_store_argument, renamed, threads_option
 
 
 @click.command("verify", short_help="Re-run the teacher on random cached views and compare.")
@@ -20,9 +20,10 @@ from stages._options import USER_ERRORS, fail, legacy_store_argument, renamed
 @click.option("--tolerance", type=float, default=None, help="Max |delta logit| allowed (default by dtype and autocast).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, envvar="RLD_DATA_ROOT",
               help="Where datasets live (default ./data, or $RLD_DATA_ROOT).")
+@threads_option()
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
-def verify_cmd(store, teacher_path, samples, sample_seed, tolerance, data_root, device, as_json) -> None:  # noqa: ANN001
+def verify_cmd(store, teacher_path, samples, sample_seed, tolerance, data_root, threads, device, as_json) -> None:  # noqa: ANN001
     """Exit 1 when stored logits or inputs differ from a fresh teacher run beyond tolerance."""
     from pipeline.data import load_dataset
     from pipeline.splits import ValSplit
@@ -30,6 +31,11 @@ def verify_cmd(store, teacher_path, samples, sample_seed, tolerance, data_root, 
     from pipeline.store import LogitStore
     from pipeline.teacher import load_teacher
     from pipeline.verify import verify_store
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
     try:
         opened = LogitStore.open(store)

@@ -23,6 +23,12 @@ from helpers import HAS_CUDA, SYNTH
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache_folder(tmp_path_factory):
+    """Remembered decode checks (pipeline.data.decode_check_cache) go to a folder of the test run."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(autouse=True)
 def _cpu_unless_marked_gpu(request, monkeypatch):
     """In-process, device "auto" means the CPU except in tests marked `gpu`."""
@@ -65,7 +71,8 @@ def teacher_file(tmp_path_factory, synth):
 
     train_set, test_set = synth
     path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    cfg = TrainConfig(arch="resnet8", loss="ce", epochs=6, batch_size=8, milestones=(), seed=0, channels_last=False)
+    cfg = TrainConfig(arch="resnet8", loss="ce", epochs=6, batch_size=8, milestones=(), seed=0, channels_last=False,
+                      threads=1)
     train_teacher(cfg, train_set, test_set, default_family(train_set), path, progress=False)
     return path
 

@@ -45,7 +45,7 @@ def cfg(**kw):
     from pipeline.recipe import TrainConfig
 
     base = dict(arch="resnet8", loss="rld", epochs=3, batch_size=32, milestones=(2,), seed=1,
-                loss_options={"warmup": 2})
+                loss_options={"warmup": 2}, threads=1)
     return TrainConfig(**{**base, **kw})
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +194,24 @@ def test_a_student_of_a_store_finds_its_images_where_the_store_read_them(tmp_pat
     assert f"(the store was made from the data in {root.resolve()}; name where that data is now)" in result.stderr
     result = cli(*student, "--data-root", str(moved), "--out", str(tmp_path / "c"))
     assert result.exit_code == 0, result.output
+
+
+def test_a_corrupt_image_stops_a_teacher_before_it_trains_and_a_good_folder_is_checked_once(tmp_path):
+    """A bad file once stopped teacher training 27 s in, at the batch that held it; the folder is
+    now decoded first (in worker processes), every bad file listed, and a folder that passed is
+    remembered by its fingerprint."""
+    root = make_image_folder(tmp_path / "photos", train=6, test=2)
+    bad = root / "train" / "disc" / "000.jpg"
+    bad.write_bytes(b"not a jpeg")
+    teacher = ["teacher", "train", "--arch", "resnet8", "--dataset", "imagefolder", "--data-root", str(root),
+               "--augment", "resized-crop:size=32", "--epochs", "1", "--batch-size", "8", "--no-channels-last", "--quiet"]
+    result = cli(*teacher, "--out", str(tmp_path / "t.pt"))
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: 1 image cannot be decoded: cannot decode image {bad}")
+    assert not (tmp_path / "t.run").exists()  # nothing trained
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "rld-offline" / "decode-checks"
+    test_split = load_dataset("imagefolder", "test", root=root)
+    assert {p.name for p in cache.glob("*.ok")} >= {f"{test_split.fingerprint}.ok"}  # the test split passed
+    bad.unlink()
+    assert cli(*teacher, "--out", str(tmp_path / "t.pt")).exit_code == 0
+    train_split = load_dataset("imagefolder", "train", root=root)
+    assert (cache / f"{train_split.fingerprint}.ok").exists()

@@ -194,3 +194,12 @@ def test_rank_correlation_and_each_methods_last_loss_terms_are_reported(tmp_path
     rld = next(g for g in grouped if g["loss"] == "rld")
     assert float(rld["teacher_rank_corr"]) == pytest.approx(0.6)  # float64 mean of two: approx's default 1e-6
     assert "| 0.600 ± 0.141 |" in md
+
+
+def test_a_single_seed_is_reported_without_a_spread(tmp_path):
+    """One run says nothing of the spread over seeds: no '± 0.00' for it."""
+    runs = [fake_run(tmp_path, "rld-s0", "rld", 0, 70.0, 71.0), fake_run(tmp_path, "ce-s0", "ce", 0, 65.0, 66.0)]
+    md, _, grouped = report(tmp_path, runs)
+    rld = next(g for g in grouped if g["loss"] == "rld")
+    assert rld["final_top1"] == "70.0" and rld["final_top1_std"] == "" and rld["delta_vs_ce_std"] == ""
+    assert "| 71.00 | 70.00 | +5.00 | 1/1 |" in md and "± 0.00" not in md

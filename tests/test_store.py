@@ -228,3 +228,11 @@ def test_sizes_quoted_in_the_docs_are_the_codes_predictions():
     assert f"{cifar_240}" in docs["docs/store-format.md"]
     for name in ("docs/workflow.md", "config/imagenet.yaml"):
         assert f"{imagenet} per teacher" in docs[name], name
+
+
+def test_a_store_of_other_images_names_the_dataset_setting_that_differs():
+    """A fingerprint says only that the images differ; the dataset option that made them does."""
+    stored = provenance(dataset__spec="imagefolder:resize=32", dataset__fingerprint="b" * 64)
+    requested = {"dataset": {"spec": "imagefolder", "fingerprint": "a" * 64}}
+    lines = compare(requested, stored)
+    assert lines[0] == "resize: store 32, requested none" and lines[1].startswith("dataset.fingerprint: store has")

@@ -18,6 +18,7 @@ from pipeline.dump import dump
 from pipeline.errors import RunExists
 from pipeline.inference import default_family
 from pipeline.methods import METHODS, get_method
+from pipeline.recipe import TrainConfig
 from pipeline.signals import OnlineSignal, StoreSignal, ViewsOnly
 from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import load_teacher
@@ -131,6 +132,8 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
                 "teacher_agreement", "teacher_rank_corr", "images_per_s"):
         assert key in rows[0], key
     assert -1 <= rows[-1]["teacher_rank_corr"] <= 1 and summary["final"]["teacher_rank_corr"] == rows[-1]["teacher_rank_corr"]
+    assert summary["config"]["threads"] == 1 and torch.get_num_threads() == 1  # recorded, and restored after the run
+    assert TrainConfig(arch="resnet8").threads == 2  # the workflow's default
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["epoch", "lr"] and "loss_mcd" in header
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -415,3 +418,11 @@ def test_student_refuses_an_incomplete_store(tmp_path, store32):
     LogitStore.open(copy, mode="r+").group["done"][1, 0] = 0
     with pytest.raises(StoreError, match="incomplete: 1 of"):
         StoreSignal(LogitStore.open(copy))
+
+
+def test_a_resumed_run_says_where_it_resumes(tmp_path, synth, store32, capsys):
+    train_set, test_set = synth
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False, stop_after=1)
+    assert "resuming" not in capsys.readouterr().err
+    train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
+    assert capsys.readouterr().err.splitlines() == [f"{tmp_path / 'run'}: resuming after epoch 1 of 3 (checkpoint.pt)"]
