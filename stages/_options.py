@@ -84,8 +84,8 @@ def renamed(old: str, new: str, dest: str, *, required: bool = False, **option: 
         @functools.wraps(f)
         def command(*args: Any, **kwargs: Any) -> Any:
             value = kwargs.pop(alias)
-            if value not in (None, False, ()):
-                if kwargs.get(dest) not in (None, False, ()):
+            if _given(value):
+                if _given(kwargs.get(dest)):
                     raise click.UsageError(f"{old} is the old name of {new}: give {new} only")
                 click.echo(f"rld: {old} is deprecated and will be removed in the next release; use {new}", err=True)
                 kwargs[dest] = value
@@ -242,6 +242,11 @@ def _shown(name: str) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def _given(value: Any) -> bool:
+    """Whether an option was set; 0 is a value (0 == False, so `in (None, False)` would drop it)."""
+    return value is not None and value is not False and value != ()
+
+
 def recipe_options(epochs_help: str = "Epochs to train.") -> Decorator:
     """The optimiser recipe and the training seed. Unset, each takes the paper's CIFAR-100
     value from `pipeline.recipe.TrainConfig` (shown as the default)."""
@@ -272,7 +277,8 @@ RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milest
 
 def given_recipe(values: dict[str, Any]) -> dict[str, Any]:
     """The recipe options the user set; the rest are left to TrainConfig's defaults."""
-    return {k: values[k] for k in RECIPE_KEYS if values.get(k) not in (None, False)}
+    # `is`: --lr 0 and --weight-decay 0 are settings (0 == False); --milestones '' is one too
+    return {k: values[k] for k in RECIPE_KEYS if values.get(k) is not None and values.get(k) is not False}
 
 
 def cuda_graph_option() -> Decorator:

@@ -30,6 +30,14 @@ def _own_cache_folder(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _one_thread_after_each_test():
+    """A stage run in-process sets the thread count its --threads asks for; later tests must not
+    inherit it (float sums round by how the work is split)."""
+    yield
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
 def _cpu_unless_marked_gpu(request, monkeypatch):
     """In-process, device "auto" means the CPU except in tests marked `gpu`."""
     if request.node.get_closest_marker("gpu") is None:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from helpers import STUDENT, cli
+from stages._options import given_recipe
 from pipeline.errors import ConfigError
 from pipeline.recipe import TrainConfig, learning_rate, scale_milestones
 
@@ -73,3 +74,8 @@ def test_a_short_run_from_the_cli_prints_and_records_its_scaled_schedule(tmp_pat
     forced = cli(*STUDENT, "--store", str(store32.path), "--milestones", "150", "--force-schedule",
                  "--out", str(tmp_path / "f"))
     assert forced.exit_code == 0, forced.output
+
+
+def test_zero_is_a_recipe_setting_not_an_unset_option():
+    values = {"lr": 0.0, "weight_decay": 0, "momentum": None, "milestones": (), "force_schedule": False, "seed": 0}
+    assert given_recipe(values) == {"lr": 0.0, "weight_decay": 0, "milestones": (), "seed": 0}

@@ -120,6 +120,7 @@ def test_a_student_distilled_from_the_teacher_alone_agrees_with_it(tmp_path, syn
 
 def test_outputs_of_a_run(tmp_path, synth, store32):
     train_set, test_set = synth
+    torch.set_num_threads(2)  # the caller's count, which the run's threads=1 must not outlive
     summary = train(cfg(), train_set, test_set, StoreSignal(store32), tmp_path / "run", progress=False)
     out = tmp_path / "run"
     # Without a validation split nothing is selected: no best.pt, every epoch measured on test.
@@ -132,7 +133,7 @@ def test_outputs_of_a_run(tmp_path, synth, store32):
                 "teacher_agreement", "teacher_rank_corr", "images_per_s"):
         assert key in rows[0], key
     assert -1 <= rows[-1]["teacher_rank_corr"] <= 1 and summary["final"]["teacher_rank_corr"] == rows[-1]["teacher_rank_corr"]
-    assert summary["config"]["threads"] == 1 and torch.get_num_threads() == 1  # recorded, and restored after the run
+    assert summary["config"]["threads"] == 1 and torch.get_num_threads() == 2  # recorded, and the caller's restored
     assert TrainConfig(arch="resnet8").threads == 2  # the workflow's default
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
     assert header[:2] == ["epoch", "lr"] and "loss_mcd" in header
