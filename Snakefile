@@ -157,7 +157,7 @@ def recipe_args(own):
         elif isinstance(value, bool):
             args.append(flag if value else "")
         else:
-            args.append(f"{flag} {value}")
+            args.append(f"{flag} {q(value)}")  # `init` is a path
     return " ".join(a for a in args if a)
 
 

@@ -36,3 +36,14 @@ def write_json(path: str | os.PathLike, data: Any, default: Callable[[Any], Any]
     """JSON with an indent of 2 and a final newline, atomically."""
     text = json.dumps(data, indent=2, default=default) + "\n"
     _replace(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (what a run records of the weights it started from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -53,6 +53,8 @@ class TrainConfig:
     eval_batch_size: int = 256
     compile: bool = False  # replay the training step as a CUDA graph (pipeline/step.py); CUDA only
     force_schedule: bool = False  # accept milestones and a warm-up that reach past the last epoch
+    init: str | None = None  # start from these weights (a file, or "pretrained": the published ones)
+    backbone_lr_scale: float = 1.0  # with `init`: the loaded layers learn at lr x this, a new classifier at lr
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -78,6 +80,11 @@ class TrainConfig:
         method = get_method(self.loss)
         if method.has_warmup and "warmup" not in options:
             options["warmup"] = scale_warmup(float(method.defaults["warmup"]), self.epochs)
+        if self.backbone_lr_scale != 1.0 and self.init is None:
+            raise ConfigError("a backbone learning-rate scale needs weights to start from", setting="backbone_lr_scale")
+        if not self.backbone_lr_scale > 0:
+            raise ConfigError(f"the backbone learning-rate scale must be > 0, got {self.backbone_lr_scale}",
+                              setting="backbone_lr_scale")
         if not self.force_schedule:
             late = [m for m in milestones if m >= self.epochs]
             if late:

@@ -80,7 +80,7 @@ class TrainStep:
         """Set the learning rate and the loss weights of `epoch` (from 1), and zero the sums."""
         self.lr = lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.scales = self.objective.scales(epoch)
         self.sums.zero_()
 

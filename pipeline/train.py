@@ -30,7 +30,7 @@ from pipeline import models
 from pipeline.data import ImageSet, to_device, to_model_input
 from pipeline.distributed import World, all_sum, close_world, init_world, rank_slice, sync_batchnorm
 from pipeline.errors import NeedsTeacher, RunExists, TrainingDiverged, writing
-from pipeline.files import save_torch, write_json
+from pipeline.files import file_sha256, save_torch, write_json
 from pipeline.inference import Numerics, predict_test, rank_correlation, topk_accuracy
 from pipeline.losses import make_objective
 from pipeline.recipe import RUNTIME_ONLY, TrainConfig, learning_rate
@@ -154,11 +154,13 @@ def _start(cfg: TrainConfig, objective: Any, splits: Splits, signal: ViewsOnly, 
     resolved = {**cfg.to_dict(), "loss_options": dict(objective.params)}
     torch.manual_seed(cfg.seed)
     model = models.build(cfg.arch, splits.train.num_classes, in_channels=splits.train.in_channels)
+    new_layers = _initialise(model, cfg, resolved, out) if cfg.init else []
     if world.distributed:
         model = sync_batchnorm(model, device.type)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(_param_groups(model, new_layers, cfg.backbone_lr_scale), lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")  # fp16 gradients underflow unscaled
     net: nn.Module = model
     if world.distributed:
@@ -176,6 +178,28 @@ def _start(cfg: TrainConfig, objective: Any, splits: Splits, signal: ViewsOnly, 
                                           "world_size": world.size, "code_version": code_version()})
         run.teacher_test = signal.test_logits(splits.test, device)
     return run
+
+
+def _initialise(model: nn.Module, cfg: TrainConfig, resolved: dict[str, Any], out: Path) -> list[str]:
+    """Start from `cfg.init`; record which weights in `resolved` and say what changed. Returns the
+    names of the parameters that were left at their fresh initialisation (a new classifier)."""
+    changed = models.load_pretrained(model, cfg.init, arch=cfg.arch)
+    resolved["init_sha256"] = None if cfg.init == "pretrained" else file_sha256(cfg.init)
+    notes = [f"re-initialised {', '.join(changed['reinitialised'])} (another class count)" if changed["reinitialised"]
+             else "", f"adapted {', '.join(changed['adapted'])} (other input channels)" if changed["adapted"] else ""]
+    print(f"{out}: starting from {cfg.init}" + "".join(f"; {n}" for n in notes if n), file=sys.stderr)
+    return changed["reinitialised"]
+
+
+def _param_groups(model: nn.Module, new_layers: list[str], backbone_scale: float) -> list[dict[str, Any]]:
+    """The loaded layers (lr x `backbone_scale`) and the new ones (full lr), each group when it
+    has parameters; TrainStep sets each group's lr to the epoch's times its `lr_scale`."""
+    if backbone_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    named = dict(model.named_parameters())
+    backbone = [p for n, p in named.items() if n not in new_layers]
+    head = [p for n, p in named.items() if n in new_layers]
+    return [{"params": backbone, "lr_scale": backbone_scale}] + ([{"params": head}] if head else [])
 
 
 def _resume(run: _Run, restart_stale: bool) -> None:

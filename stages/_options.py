@@ -26,6 +26,17 @@ from pipeline.runtime import AMP_CHOICES
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 
+class ShownDefault(click.Option):
+    """An option left unset (None, so that a config's or the library's default applies) whose
+    help shows that default as given: click puts a text default in parentheses."""
+
+    def get_help_extra(self, ctx: click.Context) -> Any:
+        extra = super().get_help_extra(ctx)
+        if isinstance(self.show_default, str) and "default" in extra:
+            extra["default"] = self.show_default
+        return extra
+
+
 class InPipelineOrder(click.Group):
     """Lists its commands in the order they were added (click sorts them by name)."""
 
@@ -47,7 +58,7 @@ def _stack(*decorators: Decorator) -> Decorator:
 USER_ERRORS = (ValueError, RuntimeError, OSError)
 
 # The library's settings, as the CLI spells them (for errors that name a setting).
-FLAGS = {"loss": "--loss", "dataset": "--dataset", "data_root": "--data-root", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
+FLAGS = {"loss": "--loss", "dataset": "--dataset", "data_root": "--data-root", "backbone_lr_scale": "--backbone-lr-scale", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
          "teacher": "--teacher", "epochs": "--epochs", "milestones": "--milestones", "warmup": "--warmup"}
 
 
@@ -154,7 +165,7 @@ def dataset_options(required: bool = True) -> Decorator:
                      help="Hold out N training images of each class (or a fraction, e.g. 0.1), drawn at random "
                           "from --val-seed, for validation: every choice is made on it, the test split only "
                           "reports. last:N holds out the last N of each class in file order instead."),
-        click.option("--val-seed", type=int, default=None, show_default="0",
+        click.option("--val-seed", cls=ShownDefault, type=int, default=None, show_default="0",
                      help="Seed the validation images are drawn from (with --val-split N)."),
         click.option("--augment", default=None, help="View family: crop[:size=32,padding=4] | resized-crop[:size=224]; default by dataset."),
     )
@@ -247,24 +258,32 @@ def _given(value: Any) -> bool:
     return value is not None and value is not False and value != ()
 
 
-def recipe_options(epochs_help: str = "Epochs to train.") -> Decorator:
+def recipe_options(epochs_help: str = "Epochs to train.", epochs_default: str | None = None) -> Decorator:
     """The optimiser recipe and the training seed. Unset, each takes the paper's CIFAR-100
     value from `pipeline.recipe.TrainConfig` (shown as the default)."""
     return _stack(
-        click.option("--epochs", type=click.IntRange(min=1), default=None, show_default=_shown("epochs"), help=epochs_help),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None, show_default=_shown("batch_size"),
+        click.option("--epochs", cls=ShownDefault, type=click.IntRange(min=1), default=None,
+                     show_default=epochs_default or _shown("epochs"), help=epochs_help),
+        click.option("--batch-size", cls=ShownDefault, type=click.IntRange(min=1), default=None, show_default=_shown("batch_size"),
                      help="Images per SGD step."),
-        click.option("--lr", type=float, default=None, show_default=_shown("lr"), help="Learning rate of SGD."),
-        click.option("--momentum", type=float, default=None, show_default=_shown("momentum"), help="SGD momentum."),
-        click.option("--weight-decay", type=float, default=None, show_default=_shown("weight_decay"),
+        click.option("--lr", cls=ShownDefault, type=float, default=None, show_default=_shown("lr"), help="Learning rate of SGD."),
+        click.option("--momentum", cls=ShownDefault, type=float, default=None, show_default=_shown("momentum"), help="SGD momentum."),
+        click.option("--weight-decay", cls=ShownDefault, type=float, default=None, show_default=_shown("weight_decay"),
                      help="L2 weight decay of SGD."),
-        click.option("--milestones", callback=_milestones, default=None,
+        click.option("--milestones", cls=ShownDefault, callback=_milestones, default=None,
                      show_default="the paper's 150,180,210 of 240, scaled to --epochs",
                      help="Epochs after which the lr is multiplied by --lr-decay (empty: constant lr)."),
-        click.option("--lr-decay", type=float, default=None, show_default=_shown("lr_decay"),
+        click.option("--lr-decay", cls=ShownDefault, type=float, default=None, show_default=_shown("lr_decay"),
                      help="Factor the lr is multiplied by at each milestone."),
-        click.option("--seed", type=int, default=None, show_default=_shown("seed"),
+        click.option("--seed", cls=ShownDefault, type=int, default=None, show_default=_shown("seed"),
                      help="Training seed: initialisation, sample order and which view slot each sample replays."),
+        click.option("--init", default=None, metavar="WEIGHTS",
+                     help="Start from these weights (mdistiller, torchvision, timm or rld teacher/student files; "
+                          "'pretrained': the architecture's published weights, downloaded). A classifier for "
+                          "another class count is initialised afresh, a first convolution for other input "
+                          "channels adapted; the run says which."),
+        click.option("--backbone-lr-scale", cls=ShownDefault, type=float, default=None, show_default="1",
+                     help="With --init: the loaded layers learn at --lr times this, a new classifier at --lr."),
         click.option("--force-schedule", is_flag=True,
                      help="Train with --milestones and --warmup as given even where they reach past the last epoch "
                           "(refused otherwise)."),
@@ -272,7 +291,7 @@ def recipe_options(epochs_help: str = "Epochs to train.") -> Decorator:
 
 
 RECIPE_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "lr_decay", "seed",
-               "force_schedule")
+               "force_schedule", "init", "backbone_lr_scale")
 
 
 def given_recipe(values: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from stages.data import data
 from stages.dump import dump_cmd
 from stages.gpu import on_gpus_cmd
 from stages.inspect import inspect_cmd
+from stages.models import models_cmd
 from stages.report import report_cmd
 from stages.student import student
 from stages.teacher import teacher
@@ -25,7 +26,7 @@ def main() -> None:
     """
 
 
-for command in (data, teacher, dump_cmd, inspect_cmd, verify_cmd, student, report_cmd, on_gpus_cmd):
+for command in (data, teacher, dump_cmd, inspect_cmd, verify_cmd, student, report_cmd, models_cmd, on_gpus_cmd):
     main.add_command(command)
 
 

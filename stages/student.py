@@ -15,7 +15,7 @@ def student() -> None:
 
 
 @student.command("train", epilog=method_epilog())
-@click.option("--arch", required=True, help="Student model name (mdistiller's, e.g. resnet8x4).")
+@click.option("--arch", required=True, help="Model name: mdistiller's (e.g. resnet8x4), torchvision:NAME or timm:NAME; `rld models` lists them.")
 @click.option("--store", type=click.Path(file_okay=False), default=None,
               help="Logit store to distil from; the student takes its data, views and epochs from it.")
 @renamed("--logits", "--store", "store", type=click.Path(file_okay=False), default=None)
@@ -25,7 +25,7 @@ def student() -> None:
 @click.option("--same-t", is_flag=True, help="rld: SCD uses the MCD temperature (official --same-t); "
               "not with --alpha-temperature.")
 @dataset_options(required=False)
-@recipe_options(epochs_help="Epochs to train [default: E with a per-epoch store of E views, else 240].")
+@recipe_options(epochs_default="E with a per-epoch store of E views, else 240")
 @runtime_options()
 @click.option("--teacher", "teacher_path", type=click.Path(dir_okay=False), default=None,
               help="Run this teacher every step on the same views instead of reading the store. With --store it "
@@ -52,7 +52,7 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
     Defaults are the paper's recipe. With a per-epoch store of E views and no --epochs,
     the student trains E epochs; otherwise 240.
     """
-    from pipeline.models import available
+    from pipeline.models import get_spec
     from pipeline.student import DataRequest, student_inputs
     from pipeline.recipe import TrainConfig
     from pipeline.train import train
@@ -60,8 +60,7 @@ def train_cmd(arch, store, loss, same_t, dataset, data_root, subset, test_subset
     recipe = given_recipe(options)
     method_flags = {k: options[k] for k in option_names() if options[k] is not None}
     try:
-        if arch not in available():
-            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(available())}")
+        get_spec(arch)  # an unknown name fails here, with the closest ones
         loss_options = checked_loss_options(loss, method_flags)
         if same_t:
             if loss != "rld":

@@ -14,7 +14,7 @@ def teacher() -> None:
 
 
 @teacher.command("train")
-@click.option("--arch", required=True, help="Model name (mdistiller's, e.g. resnet32x4).")
+@click.option("--arch", required=True, help="Model name: mdistiller's (e.g. resnet8x4), torchvision:NAME or timm:NAME; `rld models` lists them.")
 @dataset_options()
 @recipe_options()
 @runtime_options()

@@ -13,7 +13,7 @@ import pytest
 from helpers import REPO, SUBPROCESS_ENV, SYNTH, cli
 from stages.cli import main
 
-PIPELINE_ORDER = ["data", "teacher", "dump", "inspect", "verify", "student", "report"]
+PIPELINE_ORDER = ["data", "teacher", "dump", "inspect", "verify", "student", "report", "models"]
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -61,7 +61,7 @@ def test_help_answers_without_importing_torch() -> None:
     """Every stage imports the library inside its command, so `--help` needs only click."""
     code = ("import sys; from click.testing import CliRunner; from stages.cli import main\n"
             "for args in ([], ['data', 'check'], ['teacher', 'train'], ['teacher', 'import'], ['dump'], ['inspect'],\n"
-            "             ['verify'], ['student', 'train'], ['report']):\n"
+            "             ['verify'], ['student', 'train'], ['report'], ['models']):\n"
             "    assert CliRunner().invoke(main, [*args, '--help']).exit_code == 0, args\n"
             "print(sorted(m for m in ('torch', 'numpy', 'zarr', 'dask') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,

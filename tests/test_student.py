@@ -82,7 +82,7 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, store32, teacher_file):
         assert match in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
     logits = ["--store", str(store32.path)]
-    fails("student", "train", "--arch", "resnet9", *logits, "--out", str(tmp_path / "a"), match="valid: resnet8, resnet14")
+    fails("student", "train", "--arch", "resnet9", *logits, "--out", str(tmp_path / "a"), match="Valid names: resnet8, resnet14")
     fails(*STUDENT, *logits, "--loss", "kd", "--beta", "2", "--out", str(tmp_path / "b"),
           match="--beta does not apply to --loss kd; its options: --ce-weight, --kd-weight")
     fails(*STUDENT, "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "c"), match="no such logit store")

@@ -14,6 +14,10 @@ conv's input channels change, parameter names stay the same, and with the defaul
 `resnet34`, `resnet50` from torchvision, mdistiller's `MobileNetV1`) expect
 224x224.
 
+Any torchvision classification model (`torchvision:NAME`) and, with timm installed, any timm
+model (`timm:NAME`) build too (`external.py`); `load_pretrained` starts a model from weights
+made for another task (another class count or input channels).
+
 Modules are created and initialised in mdistiller's order with its formulas, so
 after the same `torch.manual_seed` a model (in_channels=3) starts from the weights
 mdistiller's constructor would give. Every built model carries its registry name
@@ -28,9 +32,9 @@ from torch import nn
 
 from . import cifar_resnet, cifar_resnetv2, imagenet, mobilenetv2, shufflenet, vgg, wrn  # noqa: F401  (registration)
 from ._registry import Family, ModelSpec, available, get_spec, register
-from ._weights import load_weights
+from ._weights import load_pretrained, load_weights
 
-__all__ = ["Family", "ModelSpec", "available", "build", "get_spec", "load_weights", "register"]
+__all__ = ["Family", "ModelSpec", "available", "build", "get_spec", "load_pretrained", "load_weights", "register"]
 
 
 def build(name: str, num_classes: int, *, in_channels: int = 3, **kw: Any) -> nn.Module:

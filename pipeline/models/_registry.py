@@ -51,12 +51,19 @@ def available(family: Family | None = None) -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The spec for `name`; a typo gets the nearest valid names in the error."""
+    """The spec for `name` (or a `torchvision:NAME` / `timm:NAME`); a typo gets the nearest
+    valid names in the error."""
+    from .external import spec_for
+
+    external = spec_for(name)
+    if external is not None:
+        return external
     try:
         return _MODELS[name]
     except KeyError:
         close = difflib.get_close_matches(name, _MODELS, n=3, cutoff=0.5)
         hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}.{hint} Valid names: {', '.join(_MODELS)}"
+            f"unknown model {name!r}.{hint} Valid names: {', '.join(_MODELS)}, torchvision:NAME, timm:NAME "
+            "(`rld models` lists them)"
         ) from None

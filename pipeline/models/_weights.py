@@ -178,3 +178,73 @@ def load_weights(
         state = {k: v for k, v in state.items() if k in expected}
     model.load_state_dict(state, strict=strict)
     return meta
+
+
+def _module_names(model: nn.Module) -> tuple[str | None, str | None]:
+    """(the first convolution, the classifier): the modules a new task may change."""
+    first_conv = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    head = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            head = name  # the last one the model registers
+    return first_conv, head
+
+
+def load_pretrained(model: nn.Module, source: str | os.PathLike[str] | Mapping[str, Any], *,
+                    arch: str | None = None, trusted: bool = False) -> dict[str, list[str]]:
+    """Start `model` from weights made for another task, in place; return what was changed:
+    {"reinitialised": [...], "adapted": [...]} (parameter names).
+
+    Every tensor that fits is loaded. The classifier (the last linear or convolution layer)
+    keeps its fresh initialisation where the class count differs; the first convolution is
+    adapted where the input channels differ (RGB weights summed for grey input, grey weights
+    spread over RGB). Anything else that does not fit is an error naming it, as loading
+    another architecture's weights would be. `source` "pretrained" means the weights
+    torchvision or timm publish for `arch` (downloaded).
+    """
+    arch = arch or getattr(model, "arch", None) or type(model).__name__
+    if isinstance(source, str) and source == "pretrained":
+        from .external import published_state
+
+        where, obj = f"published weights of {arch}", published_state(arch)
+    elif isinstance(source, Mapping):
+        where, obj = "the given state", source
+    else:
+        where, obj = str(source), _read(source, trusted)
+    state, _meta = _split(obj, where)
+    expected = model.state_dict()
+    state = _unwrap(state, expected)
+    first_conv, head = _module_names(model)
+    if not any(key in state for key in expected):
+        raise ValueError(f"{where} holds none of the tensors of architecture {arch!r}")
+    changed: dict[str, list[str]] = {"reinitialised": [], "adapted": []}
+    loaded, missing, misshaped = {}, [], []
+    for key, target in expected.items():
+        module = key.rsplit(".", 1)[0]
+        value = state.get(key)
+        if value is not None and value.shape == target.shape:
+            loaded[key] = value
+        elif module == head:
+            changed["reinitialised"].append(key)
+        elif module == first_conv and value is not None and value.dim() == 4 and value.shape[0] == target.shape[0]:
+            loaded[key] = _adapt_channels(value, target.shape[1])
+            changed["adapted"].append(key)
+        elif value is None:
+            if target.is_floating_point():  # not a counter (BatchNorm's num_batches_tracked) left unsaved
+                missing.append(key)
+        else:
+            misshaped.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+    if missing or misshaped:
+        raise ValueError(f"{where} does not fit architecture {arch!r} beyond its classifier and first "
+                         "convolution:\n" + "\n".join(_listing(label, items) for label, items in
+                                                (("missing", missing), ("misshaped", misshaped)) if items))
+    model.load_state_dict(loaded, strict=False)
+    return changed
+
+
+def _adapt_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """First-convolution weights for another number of input channels: their sum for one
+    channel (grey images in the range the RGB filters saw), spread evenly otherwise."""
+    if channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    return weight.mean(dim=1, keepdim=True).repeat(1, channels, 1, 1) * (weight.shape[1] / channels)
