@@ -112,15 +112,19 @@ def test_missing_cifar_says_where_to_put_the_files(tmp_path):
 def test_imagefolder_tree(tmp_path):
     from PIL import Image
 
+    # Created out of alphabetical order: labels index the sorted names, whatever order the
+    # filesystem lists the folders in.
     for split in ("train", "val"):
-        for c, name in enumerate(["cat", "dog"]):
+        for c, name in enumerate(["dog", "cat", "ant"]):
             (tmp_path / split / name).mkdir(parents=True)
-            for i in range(3):
+            for i in range(3 if name != "ant" else 1):
                 img = np.full((20 + i, 24, 3), 40 * c + i, dtype=np.uint8)
                 Image.fromarray(img).save(tmp_path / split / name / f"{i}.png")
     train = load_dataset("imagefolder", "train", root=tmp_path)
-    assert train.classes == ["cat", "dog"] and len(train) == 6 and not train.fixed_size
-    assert train.image(4).shape == (3, 21, 24) and int(train.image(4)[0, 0, 0]) == 41
+    assert train.classes == ["ant", "cat", "dog"] and len(train) == 7 and not train.fixed_size
+    assert train.labels.tolist() == [0, 1, 1, 1, 2, 2, 2]
+    assert train.image(6).shape == (3, 22, 24) and int(train.image(6)[0, 0, 0]) == 2  # dog/2.png
+    assert train.image(2).shape == (3, 21, 24) and int(train.image(2)[0, 0, 0]) == 41  # cat/1.png
     # An image rewritten in place (same name, other pixels and byte size) makes another dataset.
     before, image = train.fingerprint, tmp_path / "train" / "dog" / "0.png"
     size = image.stat().st_size

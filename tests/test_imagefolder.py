@@ -215,3 +215,17 @@ def test_a_corrupt_image_stops_a_teacher_before_it_trains_and_a_good_folder_is_c
     assert cli(*teacher, "--out", str(tmp_path / "t.pt")).exit_code == 0
     train_split = load_dataset("imagefolder", "train", root=root)
     assert (cache / f"{train_split.fingerprint}.ok").exists()
+
+
+@pytest.mark.parametrize("loss, online", [("ce", False), ("kd", True)])
+def test_a_student_without_a_store_never_trains_on_its_validation_images(folder, folder_teacher, loss, online):
+    """Without a store no fingerprint check could notice a leak: the split itself must hold."""
+    from pipeline.splits import ValSplit
+    from pipeline.student import DataRequest, student_inputs
+
+    request = DataRequest("imagefolder", root=str(folder), val_split=ValSplit(10, seed=3), augment="resized-crop:size=32")
+    inputs = student_inputs(loss, request, online_teacher=str(folder_teacher) if online else None, views="per-epoch:2")
+    train_files, val_files = set(inputs.train_set.files), set(inputs.val_set.files)
+    assert not train_files & val_files
+    assert len(train_files) + len(val_files) == 4 * 60 and np.bincount(inputs.val_set.labels).tolist() == [10] * 4
+    assert not set(inputs.test_set.files) & (train_files | val_files)
