@@ -145,6 +145,7 @@ def _regrouped_folder(root: Path, per_class: int, test_per_class: int) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.once
 @pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_a_teacher_fine_tuned_from_pretrained_weights_beats_one_trained_from_scratch(tmp_path: Path) -> None:
     """Pretrained on 2,000 Fashion-MNIST images (10 classes), fine-tuned on 30 images of a

@@ -20,7 +20,7 @@ import yaml
 
 from helpers import REPO, SUBPROCESS_ENV, make_image_folder, max_weight_delta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 PAGE = REPO / "docs" / "walkthrough.md"
 
