@@ -244,7 +244,8 @@ def test_the_workflow_on_slurm_survives_a_cancelled_dump_shard_and_a_cancelled_s
     assert len(history) == EPOCHS
     # ... and it ends with the weights of an uninterrupted run, bit for bit.
     ref = tmp_path / "a-uninterrupted"
-    result = cli("student", "train", *STUDENT_A, "--store", str(store_path), "--out", str(ref))
+    result = cli("student", "train", *STUDENT_A, "--threads", "1",  # the config's threads for students
+                 "--store", str(store_path), "--out", str(ref))
     assert result.exit_code == 0, result.output
     ours = json.loads((wd / "students/a/config.json").read_text())["config"]
     assert json.loads((ref / "config.json").read_text())["config"] == ours
