@@ -27,8 +27,8 @@ test-fast: setup data
 # their kernels by CPU, so float32 results round differently from one machine to the next. A
 # tolerance fitted to this CPU's rounding fails here (AVX2, then SSE4.1), not on a user's
 # machine. A CPU cannot be asked for more than it has: on an AVX2-only CPU the first run
-# repeats its own kernels. Tests marked `once` (the docs walkthrough, a fine-tuning margin
-# over seeds) run in `make test` only.
+# repeats its own kernels. Tests marked `once` (workflow plans and config errors, the docs
+# walkthrough, a fine-tuning margin over seeds: nothing kernel-dependent) run in `make test` only.
 test-kernels: setup data
 	@if [ "$$(uname -m)" != x86_64 ]; then echo "test-kernels: x86-64 kernel sets only; skipped on $$(uname -m)"; exit 0; fi; \
 	set -e; \

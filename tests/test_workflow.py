@@ -108,6 +108,7 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
 
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     wd = workflow_dir(tmp_path, {**TINY, "compile": True})
     commands = snakemake(wd, "--dry-run", "--printshellcmds", "students/a").stdout.splitlines()
@@ -117,6 +118,7 @@ def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     assert all("--cuda-graph" in c for c in students) and not any("--cuda-graph" in c for c in others)
 
 
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_every_method_and_its_options_reach_the_student_commands(tmp_path):
     """Methods and options come from the registry: a grid over every method, RLD's mask and
     LR's eta plans one student per method and mask, each given only its own options."""
@@ -134,12 +136,14 @@ def test_every_method_and_its_options_reach_the_student_commands(tmp_path):
     assert not any(flag in by_name["m-mlkd"] for flag in ("--mask", "--eta", "--rc-weight"))
 
 
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_report_versus_in_the_config_reaches_the_report_command(tmp_path):
     wd = workflow_dir(tmp_path, {**TINY, "report_versus": ["dkd", "kd"]})
     report = [c for c in snakemake(wd, "--dry-run", "--printshellcmds").stdout.splitlines() if " report " in c]
     assert len(report) == 1 and report[0].endswith("--out reports --versus dkd --versus kd > logs/report/reports.log 2>&1")
 
 
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_a_config_with_its_own_students_dir_plans_there_and_leaves_same_named_students_alone(tmp_path):
     """Two configs that both name a student `b`: without folders of their own, running the second
     would retrain (and so delete) the first's students/b, since its command changed."""
@@ -159,6 +163,7 @@ def test_a_config_with_its_own_students_dir_plans_there_and_leaves_same_named_st
 PRESETS = sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "schema.yaml")
 
 
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
     """A preset that broke the schema, or named a teacher or store it lacks, would reach a user
@@ -189,6 +194,7 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c["teachers"]["t8"].pop("arch"), "config: teachers.t8: 'arch' is required"),
     ],
 )
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, message):
     """One line, and no schema dump or jsonschema warning around it."""
     config = json.loads(json.dumps(TINY))
@@ -207,6 +213,7 @@ def test_an_invalid_config_fails_at_once_naming_the_field(tmp_path, change, mess
         ("cache/logits/t8-p.json", "no store 't8-p' in this config (its stores: t8-pe); did you mean", {"t8-pe"}),
     ],
 )
+@pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_a_target_naming_no_entry_of_the_config_fails_with_the_names_it_has(tmp_path, target, message, close):
     proc = snakemake(workflow_dir(tmp_path, TINY), "--dry-run", target, check=False)
     assert proc.returncode != 0
