@@ -101,7 +101,7 @@ class TrainConfig:
         milestones = self.milestones or ()
         decay = (f"x{self.lr_decay:g} after epoch{'s' if len(milestones) > 1 else ''} {_epochs(milestones)}"
                  if milestones else "constant")
-        line = f"{self.epochs} epochs, lr {self.lr:g} {decay}"
+        line = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}, lr {self.lr:g} {decay}"
         warmup = self.loss_options.get("warmup")
         if warmup is not None:
             line += f", distillation warmed up over {warmup:.3g} epochs"
