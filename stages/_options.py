@@ -58,7 +58,8 @@ def _stack(*decorators: Decorator) -> Decorator:
 USER_ERRORS = (ValueError, RuntimeError, OSError)
 
 # The library's settings, as the CLI spells them (for errors that name a setting).
-FLAGS = {"loss": "--loss", "dataset": "--dataset", "data_root": "--data-root", "backbone_lr_scale": "--backbone-lr-scale", "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
+FLAGS = {"loss": "--loss", "dataset": "--dataset", "data_root": "--data-root", "backbone_lr_scale": "--backbone-lr-scale",
+         "amp": "--amp", "cuda_graph": "--cuda-graph", "store": "--store",
          "teacher": "--teacher", "epochs": "--epochs", "milestones": "--milestones", "warmup": "--warmup"}
 
 
@@ -253,6 +254,12 @@ def _shown(name: str) -> str:
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
+def arch_option() -> Decorator:
+    return click.option("--arch", required=True,
+                        help="Model name: mdistiller's (e.g. resnet8x4), torchvision:NAME or timm:NAME; "
+                             "`rld models` lists them.")
+
+
 def _given(value: Any) -> bool:
     """Whether an option was set; 0 is a value (0 == False, so `in (None, False)` would drop it)."""
     return value is not None and value is not False and value != ()
@@ -264,10 +271,13 @@ def recipe_options(epochs_help: str = "Epochs to train.", epochs_default: str | 
     return _stack(
         click.option("--epochs", cls=ShownDefault, type=click.IntRange(min=1), default=None,
                      show_default=epochs_default or _shown("epochs"), help=epochs_help),
-        click.option("--batch-size", cls=ShownDefault, type=click.IntRange(min=1), default=None, show_default=_shown("batch_size"),
+        click.option("--batch-size", cls=ShownDefault, type=click.IntRange(min=1), default=None,
+                     show_default=_shown("batch_size"),
                      help="Images per SGD step."),
-        click.option("--lr", cls=ShownDefault, type=float, default=None, show_default=_shown("lr"), help="Learning rate of SGD."),
-        click.option("--momentum", cls=ShownDefault, type=float, default=None, show_default=_shown("momentum"), help="SGD momentum."),
+        click.option("--lr", cls=ShownDefault, type=float, default=None, show_default=_shown("lr"),
+                     help="Learning rate of SGD."),
+        click.option("--momentum", cls=ShownDefault, type=float, default=None, show_default=_shown("momentum"),
+                     help="SGD momentum."),
         click.option("--weight-decay", cls=ShownDefault, type=float, default=None, show_default=_shown("weight_decay"),
                      help="L2 weight decay of SGD."),
         click.option("--milestones", cls=ShownDefault, callback=_milestones, default=None,

@@ -29,7 +29,8 @@ def models_cmd(classes: int, with_torchvision: bool, timm_pattern: str | None) -
         params = sum(p.numel() for p in models.build(name, classes).parameters())
         click.echo(f"{name:<14} {spec.family:<9} {spec.input_size:>4} px {params / 1e6:>10.2f} M")
     if with_torchvision:
-        click.echo("\ntorchvision (input: the run's view size): " + ", ".join(f"torchvision:{n}" for n in torchvision_names()))
+        names = ", ".join(f"torchvision:{n}" for n in torchvision_names())
+        click.echo(f"\ntorchvision (input: the run's view size): {names}")
     if timm_pattern:
         try:
             timm_names()  # says how to install timm where it is missing

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.methods import METHODS, option_names
-from stages._options import (USER_ERRORS, checked_loss_options, cuda_graph_option, dataset_options, fail, given_recipe,
+from stages._options import (USER_ERRORS, arch_option, checked_loss_options, cuda_graph_option, dataset_options, fail, given_recipe,
                              loss_options, method_epilog, recipe_options, renamed, runtime_options, val_split_with_seed)
 
 
@@ -15,7 +15,7 @@ def student() -> None:
 
 
 @student.command("train", epilog=method_epilog())
-@click.option("--arch", required=True, help="Model name: mdistiller's (e.g. resnet8x4), torchvision:NAME or timm:NAME; `rld models` lists them.")
+@arch_option()
 @click.option("--store", type=click.Path(file_okay=False), default=None,
               help="Logit store to distil from; the student takes its data, views and epochs from it.")
 @renamed("--logits", "--store", "store", type=click.Path(file_okay=False), default=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from stages._options import (NO_CHECK, USER_ERRORS, InPipelineOrder, dataset_options, decode_check, fail, given_recipe,
+from stages._options import (NO_CHECK, USER_ERRORS, InPipelineOrder, arch_option, dataset_options, decode_check, fail, given_recipe,
                              recipe_options, runtime_options, val_split_with_seed)
 
 
@@ -14,7 +14,7 @@ def teacher() -> None:
 
 
 @teacher.command("train")
-@click.option("--arch", required=True, help="Model name: mdistiller's (e.g. resnet8x4), torchvision:NAME or timm:NAME; `rld models` lists them.")
+@arch_option()
 @dataset_options()
 @recipe_options()
 @runtime_options()

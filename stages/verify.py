@@ -15,7 +15,8 @@ from stages._options import USER_ERRORS, ShownDefault, fail, legacy_store_argume
 @click.option("--teacher", "teacher_path", required=True, type=click.Path(dir_okay=False),
               help="The store's teacher file, to run again on the sampled views.")
 @click.option("--samples", type=click.IntRange(min=1), default=256, show_default=True, help="Random cached views to re-run.")
-@click.option("--sample-seed", cls=ShownDefault, type=int, default=None, show_default="0", help="Seed that picks which cached views to re-run.")
+@click.option("--sample-seed", cls=ShownDefault, type=int, default=None, show_default="0",
+              help="Seed that picks which cached views to re-run.")
 @renamed("--seed", "--sample-seed", "sample_seed", type=int, default=None)
 @click.option("--tolerance", type=float, default=None, help="Max |delta logit| allowed (default by dtype and autocast).")
 @click.option("--data-root", type=click.Path(file_okay=False), default=None, envvar="RLD_DATA_ROOT",
