@@ -15,14 +15,15 @@ import torchvision
 from torch import nn
 
 from ._layers import conv_bn_relu
+from .external import set_input_channels
 from ._registry import register
 
 
 def _torchvision_resnet(arch: str, num_classes: int, in_channels: int, **kw: object) -> nn.Module:
     model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes, **kw)
     if in_channels != 3:
-        model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        set_input_channels(model, in_channels)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits it
     return model
 
 
