@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -22,7 +20,7 @@ from tqdm import tqdm
 from pipeline.data import ImageSet
 from pipeline.inference import Numerics, forward_batches
 from pipeline.runtime import code_version, resolve_workers
-from pipeline.store import Layout, LogitStore, Unit, create_or_open, plan_layout, store_id
+from pipeline.store import Layout, LogitStore, Unit, UnitWriter, create_or_open, plan_layout, store_id
 from pipeline.teacher import Teacher
 from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
@@ -167,7 +165,7 @@ def _write_units(
 ) -> int:
     """Check each batch of logits, and hand a unit to the writer with its last batch; returns units written."""
     parts: list[_BatchPart] = []
-    with _UnitWriter(store, after_unit) as writer:
+    with UnitWriter(store, after_unit) as writer:
         for pos, (logits, indices, crc) in enumerate(batches):
             unit = owners[pos]
             _check_finite(logits, indices, unit)
@@ -179,7 +177,7 @@ def _write_units(
     return writer.written
 
 
-def _submit_unit(writer: _UnitWriter, unit: Unit, parts: list[_BatchPart]) -> None:
+def _submit_unit(writer: UnitWriter, unit: Unit, parts: list[_BatchPart]) -> None:
     """Queue one unit's batches as one write; the test split stores logits only."""
     block = np.concatenate([p[0] for p in parts])
     if unit.is_eval:
@@ -187,43 +185,6 @@ def _submit_unit(writer: _UnitWriter, unit: Unit, parts: list[_BatchPart]) -> No
     else:
         writer.submit(unit, block, views=np.concatenate([p[2] for p in parts]),
                       input_crc=np.concatenate([p[1] for p in parts]))
-
-
-class _UnitWriter:
-    """Writes finished units in a background thread so the teacher keeps computing.
-
-    At most `depth` units wait in memory; `after_unit` runs (in the caller's thread) once a
-    unit is durable. On an error the running write finishes and queued ones are dropped:
-    their markers were never set, so a rerun redoes them.
-    """
-
-    def __init__(self, store: LogitStore, after_unit: Callable[[Unit], None] | None, depth: int = 2):
-        self.store, self.after_unit, self.depth = store, after_unit, depth
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self.queue: deque[tuple[Unit, Future]] = deque()
-        self.written = 0
-
-    def submit(self, unit: Unit, logits: np.ndarray, **arrays: np.ndarray) -> None:
-        self.queue.append((unit, self.pool.submit(self.store.write_unit, unit, logits, **arrays)))
-        self._settle(self.depth)
-
-    def _settle(self, limit: int) -> None:
-        while len(self.queue) > limit:
-            unit, future = self.queue.popleft()
-            future.result()
-            self.written += 1
-            if self.after_unit is not None:
-                self.after_unit(unit)
-
-    def __enter__(self) -> "_UnitWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        try:
-            if exc_type is None:
-                self._settle(0)
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_finite(logits: np.ndarray, indices: np.ndarray, unit: Unit) -> None:

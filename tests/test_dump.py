@@ -123,7 +123,7 @@ def test_interrupted_dump_resumes_to_the_same_store(tmp_path, teacher, synth):
     partial = LogitStore.open(tmp_path / "killed.zarr")
     missing = len(partial.pending())
     # Three units were durable when it died; the background writer holds up to two more
-    # (_UnitWriter's depth), which it may already have finished on a slow or loaded machine.
+    # (UnitWriter's depth), which it may already have finished on a slow or loaded machine.
     assert not partial.complete and 3 <= len(partial.units()) - missing <= 3 + 2
     resumed = dump(teacher, train, test, spec, tmp_path / "killed.zarr", **kwargs)
     assert resumed.complete and resumed.units_written == missing
