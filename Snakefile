@@ -105,7 +105,13 @@ def named(table, kind, name):
 
 def check_references():
     for name, store in STORES.items():
-        if store["teacher"] not in TEACHERS:
+        if "ensemble" in store:
+            check_ensemble(name, store)
+        elif "teacher" not in store or "views" not in store:
+            raise ValueError(f"config: stores.{name}: give a teacher and its views, or an ensemble of stores")
+        elif "space" in store or "weights" in store:
+            raise ValueError(f"config: stores.{name}: space and weights combine an ensemble's members; this store has a teacher")
+        elif store["teacher"] not in TEACHERS:
             raise ValueError(f"config: stores.{name}.teacher {store['teacher']!r} is not one of teachers: {sorted(TEACHERS)}")
     for name, student in STUDENTS.items():
         store = student.get("store")
@@ -113,6 +119,31 @@ def check_references():
             raise ValueError(f"config: students.{name}.store {store!r} is not one of stores: {sorted(STORES)}")
         if store is None and get_method(student["loss"]).needs_teacher:
             raise ValueError(f"config: students.{name} uses loss {student['loss']!r}, which needs a store")
+
+
+def check_ensemble(name, store):
+    """An ensemble's members are other stores of this config, listed once, and never itself (or an
+    ensemble that contains it); the keys of a teacher's store do not apply to it."""
+    dumped = sorted(k for k in ("teacher", "views", "batch_size", "max_gb") if k in store)
+    if dumped:
+        raise ValueError(f"config: stores.{name}: an ensemble combines its members' logits; {', '.join(dumped)} "
+                         "belong to a store a teacher fills")
+    members = store["ensemble"]
+    for member in members:
+        if member not in STORES:
+            raise ValueError(f"config: stores.{name}.ensemble member {member!r} is not one of stores: {sorted(STORES)}")
+    if len(set(members)) != len(members):
+        raise ValueError(f"config: stores.{name}.ensemble lists a store twice: {members}")
+    if store.get("weights") is not None and len(store["weights"]) != len(members):
+        raise ValueError(f"config: stores.{name}.weights has {len(store['weights'])} values for {len(members)} members")
+    seen, todo = set(), list(members)
+    while todo:
+        member = todo.pop()
+        if member == name:
+            raise ValueError(f"config: stores.{name} is an ensemble that contains itself")
+        if member not in seen:
+            seen.add(member)
+            todo += STORES[member].get("ensemble", [])
 
 
 try:
@@ -170,7 +201,10 @@ def teacher_command(wildcards):
 
 
 def store_shards(store):
-    n = named(STORES, "store", store).get("shards", 1)
+    """The markers of the jobs that fill a store: its dump shards, or the one ensemble job."""
+    if "ensemble" in named(STORES, "store", store):
+        return [f"cache/logits/{store}.shards/ensemble.done"]
+    n = STORES[store].get("shards", 1)
     return [f"cache/logits/{store}.shards/{i}-of-{n}.done" for i in range(n)]
 
 
@@ -182,6 +216,15 @@ def dump_args(wildcards):
     if s.get("max_gb") is not None:
         args += f" --max-gb {s['max_gb']}"
     return f"{dataset_args()} {args} {runtime_args()}"
+
+
+def ensemble_args(wildcards):
+    s = STORES[wildcards.store]
+    members = " ".join(f"cache/logits/{m}.zarr" for m in s["ensemble"])
+    args = f"{members} --space {s.get('space', 'logits')} --dtype {s.get('dtype', 'float16')}"
+    if s.get("weights") is not None:
+        args += f" --weights {','.join(map(str, s['weights']))}"
+    return args
 
 
 def student_inputs(wildcards):
@@ -255,6 +298,25 @@ rule dump_shard:
     shell:
         "OMP_NUM_THREADS={threads} {ON_ONE_GPU}{RLD} dump --teacher {input.teacher} {params.args} --threads {threads} "
         "--shard {wildcards.shard}/{wildcards.shards} --quiet --store cache/logits/{wildcards.store}.zarr > {log} 2>&1"
+
+
+rule ensemble_store:
+    """A store whose logits combine its members' view by view: no teacher runs. The marker is
+    the output, as for a dump: a killed job keeps its finished units and the rerun completes."""
+    input:
+        lambda wc: [f"cache/logits/{m}.json" for m in named(STORES, "store", wc.store)["ensemble"]],
+    output:
+        touch("cache/logits/{store}.shards/ensemble.done"),
+    log:
+        "logs/dump/{store}.ensemble.log",
+    benchmark:
+        "benchmarks/dump/{store}.ensemble.tsv"
+    params:
+        args=ensemble_args,
+    resources:
+        mem_mb=MEM_MB["dump"],
+    shell:
+        "{RLD} ensemble {params.args} --quiet --store cache/logits/{wildcards.store}.zarr > {log} 2>&1"
 
 
 rule store_manifest:

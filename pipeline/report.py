@@ -58,8 +58,11 @@ def setting(run: dict[str, Any]) -> str:
 
 
 def _teacher_name(run: dict[str, Any]) -> str:
-    """The teacher as the workflow names it (the stem of teachers/NAME.pt), else its architecture."""
+    """The teacher as the workflow names it (the stem of teachers/NAME.pt; an ensemble's store
+    name), else its architecture."""
     teacher = run["signal"].get("teacher") or {}
+    if teacher.get("ensemble") and teacher.get("name"):
+        return teacher["name"]
     return Path(teacher["file"]).stem if teacher.get("file") else teacher.get("arch", "-")
 
 

@@ -10,7 +10,8 @@ import torch
 
 from pipeline.data import ImageSet
 from pipeline.inference import forward_batches
-from pipeline.store import LogitStore
+from pipeline.ensemble import is_ensemble, member_paths
+from pipeline.store import LogitStore, StoreError
 from pipeline.teacher import Teacher
 from pipeline.views import ViewRequest, ViewSpec, batch_indices, view_loader
 
@@ -59,6 +60,10 @@ def verify_store(
     compared with the stored one: a mismatch means the views or the data changed.
     """
     store.require_complete()
+    if is_ensemble(store):
+        members = ", ".join(str(p) for p in member_paths(store))
+        raise StoreError(f"{store.path} is an ensemble store, made from its members' logits without a teacher pass: "
+                         f"verify each member with its own teacher instead ({members})")
     store.check({"teacher": {"weights_sha256": teacher.weights_sha256}, "dataset": {"fingerprint": train.fingerprint}})
     lay = store.layout
     spec = ViewSpec.from_dict(store.attrs["views"])

@@ -7,6 +7,7 @@ import click
 from stages._options import InPipelineOrder
 from stages.data import data
 from stages.dump import dump_cmd
+from stages.ensemble import ensemble_cmd
 from stages.gpu import on_gpus_cmd
 from stages.inspect import inspect_cmd
 from stages.models import models_cmd
@@ -26,7 +27,7 @@ def main() -> None:
     """
 
 
-for command in (data, teacher, dump_cmd, inspect_cmd, verify_cmd, student, report_cmd, models_cmd, on_gpus_cmd):
+for command in (data, teacher, dump_cmd, ensemble_cmd, inspect_cmd, verify_cmd, student, report_cmd, models_cmd, on_gpus_cmd):
     main.add_command(command)
 
 

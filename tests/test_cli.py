@@ -13,7 +13,7 @@ import pytest
 from helpers import REPO, SUBPROCESS_ENV, SYNTH, cli
 from stages.cli import main
 
-PIPELINE_ORDER = ["data", "teacher", "dump", "inspect", "verify", "student", "report", "models"]
+PIPELINE_ORDER = ["data", "teacher", "dump", "ensemble", "inspect", "verify", "student", "report", "models"]
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
@@ -44,7 +44,7 @@ def test_one_name_per_concept_across_commands() -> None:
     --seed the training seed, wherever they appear."""
     options = {path: {o for p in command.params if isinstance(p, click.Option) and not p.hidden for o in p.opts}
                for path, command in _commands(main)}
-    for path in (("dump",), ("inspect",), ("verify",), ("student", "train")):
+    for path in (("dump",), ("ensemble",), ("inspect",), ("verify",), ("student", "train")):
         assert "--store" in options[path], path
     for path in (("dump",), ("verify",), ("student", "train")):
         assert "--teacher" in options[path], path
@@ -60,7 +60,7 @@ def test_one_name_per_concept_across_commands() -> None:
 def test_help_answers_without_importing_torch() -> None:
     """Every stage imports the library inside its command, so `--help` needs only click."""
     code = ("import sys; from click.testing import CliRunner; from stages.cli import main\n"
-            "for args in ([], ['data', 'check'], ['teacher', 'train'], ['teacher', 'import'], ['dump'], ['inspect'],\n"
+            "for args in ([], ['data', 'check'], ['teacher', 'train'], ['teacher', 'import'], ['dump'], ['ensemble'], ['inspect'],\n"
             "             ['verify'], ['student', 'train'], ['report'], ['models']):\n"
             "    assert CliRunner().invoke(main, [*args, '--help']).exit_code == 0, args\n"
             "print(sorted(m for m in ('torch', 'numpy', 'zarr', 'dask') if m in sys.modules))")
@@ -74,6 +74,13 @@ def test_the_dump_dtypes_offered_are_the_stores() -> None:
     from stages.dump import STORE_DTYPES
 
     assert STORE_DTYPES == DTYPES
+
+
+def test_the_ensemble_spaces_offered_are_the_librarys() -> None:
+    from pipeline.ensemble import SPACES
+    from stages.ensemble import SPACES as OFFERED
+
+    assert OFFERED == SPACES
 
 
 # ---------------------------------------------------------------------------------------

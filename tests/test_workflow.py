@@ -108,6 +108,28 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
 
+def test_an_ensemble_store_of_two_teachers_is_built_from_their_stores_and_taught_from(tmp_path):
+    config = json.loads(json.dumps(TINY))
+    config["teachers"]["t8b"] = {"arch": "resnet8", "seed": 1, "recipe": {"epochs": 1}}
+    config["stores"] = {"a": {"teacher": "t8", "views": "per-epoch:2", "dtype": "float32"},
+                        "b": {"teacher": "t8b", "views": "per-epoch:2", "dtype": "float32"},
+                        "ens": {"ensemble": ["a", "b"], "space": "probs", "dtype": "float32"}}
+    config["students"] = {"e": {"arch": "resnet8", "loss": "rld", "store": "ens", "loss_options": {"warmup": 1}}}
+    wd = workflow_dir(tmp_path, config)
+    assert planned_jobs(wd, "students/e") == {"teacher": 2, "dump_shard": 2, "store_manifest": 3, "ensemble_store": 1,
+                                              "student": 1}
+    snakemake(wd, "--cores", "2", "students/e")
+    ens = LogitStore.open(wd / "cache/logits/ens.zarr")
+    members = [LogitStore.open(wd / f"cache/logits/{m}.zarr") for m in ("a", "b")]
+    record = ens.attrs["teacher"]["ensemble"]
+    assert ens.complete and record["space"] == "probs" and [m["store_id"] for m in record["members"]] == [m.id for m in members]
+    summary = json.loads((wd / "students/e/summary.json").read_text())
+    assert summary["signal"]["store_id"] == ens.id
+    manifest = json.loads((wd / "cache/logits/ens.json").read_text())
+    assert [m["name"] for m in manifest["ensemble"]["members"]] == ["t8", "t8b"]
+    assert planned_jobs(wd, "students/e") == {}
+
+
 @pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
 def test_compile_in_the_config_reaches_the_student_commands_only(tmp_path):
     wd = workflow_dir(tmp_path, {**TINY, "compile": True})
@@ -192,6 +214,14 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c.update(students_dir="../elsewhere"), "config: students_dir: '../elsewhere' is not of the form"),
         (lambda c: c.update(students_dir="students/.work"), "config: students_dir: 'students/.work' is not of the form"),
         (lambda c: c["teachers"]["t8"].pop("arch"), "config: teachers.t8: 'arch' is required"),
+        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "x"]}), "config: stores.ens.ensemble member 'x' is not one of stores"),
+        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "ens"]}), "config: stores.ens is an ensemble that contains itself"),
+        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "t8-pe"]}), "config: stores.ens.ensemble lists a store twice"),
+        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe"]}), "config: stores.ens.ensemble: ['t8-pe'] is too short"),
+        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "u"], "teacher": "t8"}, u=c["stores"]["t8-pe"]),
+         "config: stores.ens: an ensemble combines its members' logits; teacher belong to a store a teacher fills"),
+        (lambda c: c["stores"]["t8-pe"].update(weights=[1, 2]), "config: stores.t8-pe: space and weights combine an ensemble's members"),
+        (lambda c: c["stores"]["t8-pe"].pop("views"), "config: stores.t8-pe: give a teacher and its views, or an ensemble of stores"),
     ],
 )
 @pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.ensemble import is_ensemble
 from pipeline.store import Layout, LogitStore, StoreError
+from pipeline.store_report.ensemble import ensemble_summary
 from pipeline.store_report.reading import CheckedArray, ViewLabels, as_dask, block_chunks, per_slot_partials, read_small
 from pipeline.store_report.stats import WORST_CLASSES, stat_slices, stat_length, summarize
 
@@ -29,7 +31,10 @@ def inspect_store(
     if store.layout.eval_samples:
         todo["eval"] = _test_partials(store, eval_done, eval_labels)
     results = dict(zip(todo, dask.compute(*todo.values(), scheduler=scheduler)))
-    return _assemble_report(store, results, done, eval_done, worst)
+    report = _assemble_report(store, results, done, eval_done, worst)
+    if is_ensemble(store):
+        report["ensemble"] = ensemble_summary(store)
+    return report
 
 
 def _open_store(path: str | os.PathLike) -> LogitStore:

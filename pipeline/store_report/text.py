@@ -34,6 +34,7 @@ def format_report(report: dict[str, Any]) -> str:
         _identity_lines(report),
         _storage_lines(report),
         _teacher_table_lines(cached, report["test_split"] or {}),
+        _ensemble_lines(report.get("ensemble")),
         _mask_size_lines(cached),
         _reliability_lines(cached),
         _worst_class_lines(report["worst_classes"]),
@@ -141,6 +142,31 @@ def _teacher_table_lines(cached: dict[str, Any], test: dict[str, Any]) -> list[s
                                     f"{cached['argmax_mismatches']} views whose stored argmax is not their top logit"))
     else:
         lines.append(_kv("checks", "all logits finite; stored argmax agrees with every view"))
+    return lines
+
+
+def _ensemble_lines(ens: dict[str, Any] | None) -> list[str]:
+    """An ensemble store's members: top-1 and wrong share of each beside the ensemble's, then agreement."""
+    if not ens:
+        return []
+    weights = " ".join(f"{w:.3g}" for w in ens["weights"])
+    lines = ["", f"ensemble of {len(ens['members'])} stores: mean of {ens['space']}, weights {weights}",
+             f"  {'':<16}{'top-1 cached':>14}{'wrong cached':>14}{'top-1 test':>12}  store"]
+    rows = [("ensemble", ens, "this store")] + [(m["name"], m, f"{m['store']} ({m['store_id']})") for m in ens["members"]]
+    for name, r, where in rows:
+        if r.get("problem"):
+            lines.append(f"  {name:<16}{'-':>14}{'-':>14}{'-':>12}  {where}: {r['problem']}")
+            continue
+        cached, test = r["cached_views"], r["test_split"]
+        lines.append(f"  {name:<16}{_pct(cached['top1_pct']):>14}{_pct(cached['wrong_pct']):>14}"
+                     f"{_pct(test['top1_pct']):>12}  {where}")
+    agreement = ens["agreement"]
+    if agreement["members_found"] > 1:
+        lines.append(_kv("all members", f"agree on {_pct(agreement['all_members_cached_views_pct'])} of cached views, "
+                                        f"{_pct(agreement['all_members_test_split_pct'])} of the test split"))
+    for pair in agreement["pairs"]:
+        lines.append(_kv("agreement", f"{pair['a']} / {pair['b']}: {_pct(pair['cached_views_pct'])} cached, "
+                                      f"{_pct(pair['test_split_pct'])} test"))
     return lines
 
 
