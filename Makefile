@@ -58,6 +58,7 @@ data:
 bench: setup
 	$(PY) bench/bench_dump.py
 	$(PY) bench/bench_student.py
+	$(PY) bench/bench_ensemble.py
 	$(PY) bench/bench_gpu.py
 	$(PY) bench/bench_help.py
 
