@@ -21,7 +21,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 
 
 @click.command("ensemble", short_help="Combine aligned logit stores into an ensemble teacher's store.")
-@click.argument("members", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("members", nargs=-1, required=True, metavar="MEMBER...", type=click.Path(file_okay=False))
 @store_option("Ensemble store to write or resume, e.g. cache/logits/NAME.zarr.")
 @click.option("--space", type=click.Choice(SPACES), default="logits", show_default=True,
               help="Average the members' logits, or their probabilities (the ensemble's logits are then the log of the mean).")
@@ -31,7 +31,7 @@ def parse_weights(text: str | None) -> list[float] | None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def ensemble_cmd(members: tuple[str, ...], store: str, space: str, weights: str | None, dtype: str | None,
                  quiet: bool) -> None:
-    """Write the store of an ensemble of the teachers of MEMBERS (two or more complete stores).
+    """Write the store of an ensemble of the teachers of the MEMBER stores (two or more, complete).
 
     The members must hold the same views of the same data (same dataset, subset, validation
     split, view spec and view seed; their teachers may differ), so their logits line up view
