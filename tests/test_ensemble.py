@@ -309,6 +309,10 @@ def test_a_student_distils_from_an_ensemble_store_and_verify_points_to_the_membe
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["signal"]["store_id"] == store.id and summary["signal"]["teacher"]["arch"] == "ensemble"
     assert summary["teacher_test"]["top1"] == pytest.approx(store.attrs["teacher"]["accuracy"]["top1"])
+    report = cli("report", str(tmp_path / "s"), "--out", str(tmp_path / "report"))
+    assert report.exit_code == 0, report.output
+    # the report names an ensemble teacher by its store, as the workflow names stores
+    assert "| s | ens (" in (tmp_path / "report" / "summary.md").read_text()
 
     refused = cli("verify", "--store", str(tmp_path / "ens.zarr"), "--teacher", str(teachers[0]))
     assert refused.exit_code == 1 and "is an ensemble store" in refused.output and "verify each member" in refused.output
