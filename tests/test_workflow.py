@@ -108,6 +108,7 @@ def test_one_student_target_then_reuse_of_the_store_then_the_report(tmp_path):
     assert "Nothing to be done" in rerun.stdout + rerun.stderr
 
 
+@pytest.mark.once  # plumbing: which jobs run and what they record; no value here depends on the kernels
 def test_an_ensemble_store_of_two_teachers_is_built_from_their_stores_and_taught_from(tmp_path):
     config = json.loads(json.dumps(TINY))
     config["teachers"]["t8b"] = {"arch": "resnet8", "seed": 1, "recipe": {"epochs": 1}}
