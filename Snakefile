@@ -16,7 +16,7 @@ import sys
 import yaml
 from snakemake.utils import min_version, validate
 
-from pipeline.config import check_config
+from pipeline.config import check_config, check_stores
 from pipeline.grid import expand_students
 from pipeline.methods import get_method
 
@@ -104,46 +104,13 @@ def named(table, kind, name):
 
 
 def check_references():
-    for name, store in STORES.items():
-        if "ensemble" in store:
-            check_ensemble(name, store)
-        elif "teacher" not in store or "views" not in store:
-            raise ValueError(f"config: stores.{name}: give a teacher and its views, or an ensemble of stores")
-        elif "space" in store or "weights" in store:
-            raise ValueError(f"config: stores.{name}: space and weights combine an ensemble's members; this store has a teacher")
-        elif store["teacher"] not in TEACHERS:
-            raise ValueError(f"config: stores.{name}.teacher {store['teacher']!r} is not one of teachers: {sorted(TEACHERS)}")
+    check_stores(STORES, TEACHERS)
     for name, student in STUDENTS.items():
         store = student.get("store")
         if store is not None and store not in STORES:
             raise ValueError(f"config: students.{name}.store {store!r} is not one of stores: {sorted(STORES)}")
         if store is None and get_method(student["loss"]).needs_teacher:
             raise ValueError(f"config: students.{name} uses loss {student['loss']!r}, which needs a store")
-
-
-def check_ensemble(name, store):
-    """An ensemble's members are other stores of this config, listed once, and never itself (or an
-    ensemble that contains it); the keys of a teacher's store do not apply to it."""
-    dumped = sorted(k for k in ("teacher", "views", "batch_size", "max_gb") if k in store)
-    if dumped:
-        raise ValueError(f"config: stores.{name}: an ensemble combines its members' logits; {', '.join(dumped)} "
-                         "belong to a store a teacher fills")
-    members = store["ensemble"]
-    for member in members:
-        if member not in STORES:
-            raise ValueError(f"config: stores.{name}.ensemble member {member!r} is not one of stores: {sorted(STORES)}")
-    if len(set(members)) != len(members):
-        raise ValueError(f"config: stores.{name}.ensemble lists a store twice: {members}")
-    if store.get("weights") is not None and len(store["weights"]) != len(members):
-        raise ValueError(f"config: stores.{name}.weights has {len(store['weights'])} values for {len(members)} members")
-    seen, todo = set(), list(members)
-    while todo:
-        member = todo.pop()
-        if member == name:
-            raise ValueError(f"config: stores.{name} is an ensemble that contains itself")
-        if member not in seen:
-            seen.add(member)
-            todo += STORES[member].get("ensemble", [])
 
 
 try:

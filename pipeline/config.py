@@ -71,3 +71,44 @@ def _expected(alternatives: list[dict[str, Any]]) -> str:
                 bounds.append(f"of the form {alternative['pattern']}")
             words.append(kind + (" " + " and ".join(bounds) if bounds else ""))
     return ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]
+
+
+def check_stores(stores: dict[str, Any], teachers: dict[str, Any]) -> None:
+    """Raise ConfigError (one line) for a store that names no teacher of the config, or an
+    ensemble whose members are not other stores of the config, listed once, never itself (or
+    an ensemble that contains it), with a weight each; the keys of a teacher's store do not
+    apply to an ensemble, nor its keys to a teacher's store."""
+    for name, store in stores.items():
+        if "ensemble" in store:
+            _check_ensemble(name, store, stores)
+        elif "teacher" not in store or "views" not in store:
+            raise ConfigError(f"config: stores.{name}: give a teacher and its views, or an ensemble of stores")
+        elif "space" in store or "weights" in store:
+            raise ConfigError(f"config: stores.{name}: space and weights combine an ensemble's members; "
+                              "this store has a teacher")
+        elif store["teacher"] not in teachers:
+            raise ConfigError(f"config: stores.{name}.teacher {store['teacher']!r} is not one of teachers: "
+                              f"{sorted(teachers)}")
+
+
+def _check_ensemble(name: str, store: dict[str, Any], stores: dict[str, Any]) -> None:
+    dumped = sorted(k for k in ("teacher", "views", "batch_size", "max_gb") if k in store)
+    if dumped:
+        raise ConfigError(f"config: stores.{name}: an ensemble combines its members' logits; {', '.join(dumped)} "
+                          "belong to a store a teacher fills")
+    members = store["ensemble"]
+    for member in members:
+        if member not in stores:
+            raise ConfigError(f"config: stores.{name}.ensemble member {member!r} is not one of stores: {sorted(stores)}")
+    if len(set(members)) != len(members):
+        raise ConfigError(f"config: stores.{name}.ensemble lists a store twice: {members}")
+    if store.get("weights") is not None and len(store["weights"]) != len(members):
+        raise ConfigError(f"config: stores.{name}.weights has {len(store['weights'])} values for {len(members)} members")
+    seen, todo = set(), list(members)
+    while todo:
+        member = todo.pop()
+        if member == name:
+            raise ConfigError(f"config: stores.{name} is an ensemble that contains itself")
+        if member not in seen:
+            seen.add(member)
+            todo += stores[member].get("ensemble", [])

@@ -48,11 +48,14 @@ def teachers(tmp_path_factory, teacher_file) -> list[Path]:
 
 def dump_member(path: Path, teacher: Path, views: str, *, dtype: str = "float16", view_seed: int = 3,
                 dataset: str = SMALL) -> Path:
+    """A store of 24 samples in chunks of 10 (an edge chunk of 4); exhaustive's 162 slots in one
+    chunk each, which keeps its write units (and so the test's time) three times fewer."""
     from pipeline.data import load_splits
 
     train, test = load_splits(dataset)
     spec = ViewSpec.parse(views, "crop", seed=view_seed)
-    dump(load_teacher(teacher), train, test, spec, path, dtype=dtype, chunk_samples=10, progress=False)
+    dump(load_teacher(teacher), train, test, spec, path, dtype=dtype, chunk_samples=None if views == "exhaustive" else 10,
+         progress=False)
     return path
 
 
@@ -316,3 +319,37 @@ def test_a_student_distils_from_an_ensemble_store_and_verify_points_to_the_membe
 
     refused = cli("verify", "--store", str(tmp_path / "ens.zarr"), "--teacher", str(teachers[0]))
     assert refused.exit_code == 1 and "is an ensemble store" in refused.output and "verify each member" in refused.output
+
+
+# ---------------------------------------------------------------------------------------
+# Workflow configs: an ensemble's members are other stores of the config
+
+
+@pytest.mark.parametrize(("stores", "message"), [
+    ({"ens": {"ensemble": ["a", "x"]}}, "config: stores.ens.ensemble member 'x' is not one of stores: ['a', 'b', 'ens']"),
+    ({"ens": {"ensemble": ["a", "ens"]}}, "config: stores.ens is an ensemble that contains itself"),
+    ({"ens": {"ensemble": ["a", "e2"]}, "e2": {"ensemble": ["b", "ens"]}}, "is an ensemble that contains itself"),
+    ({"ens": {"ensemble": ["a", "a"]}}, "config: stores.ens.ensemble lists a store twice: ['a', 'a']"),
+    ({"ens": {"ensemble": ["a", "b"], "weights": [1]}}, "config: stores.ens.weights has 1 values for 2 members"),
+    ({"ens": {"ensemble": ["a", "b"], "teacher": "t", "views": "pool:2"}},
+     "config: stores.ens: an ensemble combines its members' logits; teacher, views belong to a store a teacher fills"),
+    ({"a": {"teacher": "t", "views": "pool:2", "weights": [1, 2]}}, "config: stores.a: space and weights combine an ensemble's members"),
+    ({"a": {"teacher": "t"}}, "config: stores.a: give a teacher and its views, or an ensemble of stores"),
+    ({"a": {"teacher": "u", "views": "pool:2"}}, "config: stores.a.teacher 'u' is not one of teachers: ['t']"),
+])
+def test_a_config_whose_stores_do_not_add_up_is_refused_in_one_line(stores, message):
+    from pipeline.config import check_stores
+    from pipeline.errors import ConfigError
+
+    base = {"a": {"teacher": "t", "views": "pool:2"}, "b": {"teacher": "t", "views": "pool:2"}}
+    with pytest.raises(ConfigError) as err:
+        check_stores({**base, **stores}, {"t": {"arch": "resnet8"}})
+    assert message in str(err.value)
+
+
+def test_ensembles_of_stores_and_of_ensembles_are_accepted():
+    from pipeline.config import check_stores
+
+    check_stores({"a": {"teacher": "t", "views": "pool:2"}, "b": {"teacher": "t", "views": "pool:2"},
+                  "ab": {"ensemble": ["a", "b"], "space": "probs", "weights": [2, 1]},
+                  "abb": {"ensemble": ["ab", "b"]}}, {"t": {}})

@@ -215,14 +215,8 @@ def test_every_shipped_config_plans_every_student_it_names(tmp_path, preset):
         (lambda c: c.update(students_dir="../elsewhere"), "config: students_dir: '../elsewhere' is not of the form"),
         (lambda c: c.update(students_dir="students/.work"), "config: students_dir: 'students/.work' is not of the form"),
         (lambda c: c["teachers"]["t8"].pop("arch"), "config: teachers.t8: 'arch' is required"),
+        # the store checks (pipeline.config.check_stores, unit-tested in test_ensemble.py) reach the workflow
         (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "x"]}), "config: stores.ens.ensemble member 'x' is not one of stores"),
-        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "ens"]}), "config: stores.ens is an ensemble that contains itself"),
-        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "t8-pe"]}), "config: stores.ens.ensemble lists a store twice"),
-        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe"]}), "config: stores.ens.ensemble: ['t8-pe'] is too short"),
-        (lambda c: c["stores"].update(ens={"ensemble": ["t8-pe", "u"], "teacher": "t8"}, u=c["stores"]["t8-pe"]),
-         "config: stores.ens: an ensemble combines its members' logits; teacher belong to a store a teacher fills"),
-        (lambda c: c["stores"]["t8-pe"].update(weights=[1, 2]), "config: stores.t8-pe: space and weights combine an ensemble's members"),
-        (lambda c: c["stores"]["t8-pe"].pop("views"), "config: stores.t8-pe: give a teacher and its views, or an ensemble of stores"),
     ],
 )
 @pytest.mark.once  # plans and configs: nothing here depends on the CPU's kernels
