@@ -195,6 +195,13 @@ def _member_record(store: LogitStore, out: Path) -> dict[str, Any]:
     }
 
 
+def _test_accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The ensemble's top-1/top-5 on the test split, as a teacher's is recorded (none without one)."""
+    from pipeline.inference import topk_accuracy
+
+    return topk_accuracy(logits, labels) if len(labels) else {}
+
+
 def _code_version() -> str:
     from pipeline.runtime import code_version
 
@@ -240,7 +247,7 @@ def build_ensemble(
                          param_count=first.param_count, param_dtype=first.param_dtype, dtype=dtype,
                          eval_samples=first.eval_samples, chunk_samples=first.chunk_samples)
     provenance = ensemble_provenance(members, out, space=space, weights=w, dtype=dtype,
-                                     accuracy=_accuracy(eval_logits, eval_labels))
+                                     accuracy=_test_accuracy(eval_logits, eval_labels))
     store = create_or_open(out, provenance, layout, members[0].labels(), eval_labels)
     written = _write_pending(store, members, w, space, eval_logits, progress)
     return EnsembleResult(store, written, store.mark_complete_if_done())
@@ -253,14 +260,6 @@ def _combined_test_split(members: Sequence[LogitStore], w: np.ndarray, space: st
         if not np.array_equal(lab, labels[0]):
             raise EnsembleError(f"eval/labels of {m.path} differ from those of {members[0].path}")
     return combine(logits, w, space), labels[0]
-
-
-def _accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    if not len(labels):
-        return {}
-    top5 = np.argsort(-logits, axis=1)[:, :5]
-    return {"top1": 100.0 * float((top5[:, 0] == labels).mean()),
-            "top5": 100.0 * float((top5 == labels[:, None]).any(1).mean())}
 
 
 def _write_pending(store: LogitStore, members: Sequence[LogitStore], w: np.ndarray, space: str,

@@ -60,28 +60,27 @@ def _cached_counts(store: LogitStore, sources: list[LogitStore]) -> dict[str, An
     done, _ = store.done_mask()
     labels = store.labels()
     lay = store.layout
-    k = len(sources)
-    right, agree, all_members = np.zeros(k, np.int64), np.zeros((k, k), np.int64), 0
-    views = 0
+    counts = _tally(np.zeros((len(sources), 0), np.int64), labels[:0])
     for slot in range(lay.slots):
         rows = np.zeros(lay.samples, bool)
         for chunk in np.flatnonzero(done[slot]):
             rows[slice(*lay.chunk_range(int(chunk)))] = True
-        if not rows.any():
-            continue
-        top = np.stack([s.read_slot("argmax", slot)[rows] for s in sources])
-        right += (top == labels[rows]).sum(1)
-        agree += (top[:, None] == top[None]).sum(-1)
-        all_members += int((top[1:] == top[1:2]).all(0).sum()) if k > 1 else 0
-        views += int(rows.sum())
-    return {"views": views, "right": right, "agree": agree, "all_members": all_members}
+        if rows.any():
+            top = np.stack([s.read_slot("argmax", slot)[rows] for s in sources])
+            counts = {key: counts[key] + value for key, value in _tally(top, labels[rows]).items()}
+    return counts
 
 
 def _test_counts(sources: list[LogitStore]) -> dict[str, Any]:
     logits, labels = zip(*(s.eval_logits() for s in sources))
-    top = np.stack([lg.argmax(1) for lg in logits]) if len(labels[0]) else np.zeros((len(sources), 0), np.int64)
-    return {"views": len(labels[0]), "right": (top == labels[0]).sum(1), "agree": (top[:, None] == top[None]).sum(-1),
-            "all_members": int((top[1:] == top[1:2]).all(0).sum()) if len(sources) > 1 else 0}
+    return _tally(np.stack([lg.argmax(1) for lg in logits]), labels[0])
+
+
+def _tally(top: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Counts over views of the sources' top-1 [sources, views] (the ensemble first, then its
+    members): views, right per source, agreeing views per pair, views where all members agree."""
+    return {"views": top.shape[1], "right": (top == labels).sum(1), "agree": (top[:, None] == top[None]).sum(-1),
+            "all_members": int((top[1:] == top[1:2]).all(0).sum()) if len(top) > 1 else 0}
 
 
 def _pct(count: float, total: int) -> float | None:
