@@ -99,7 +99,7 @@ def open_members(paths: Sequence[str | os.PathLike]) -> list[LogitStore]:
         raise EnsembleError(f"an ensemble needs at least 2 member stores, got {len(paths)}")
     members = [LogitStore.open(p) for p in paths]
     for store in members:
-        _require_complete(store)
+        store.require_complete()
     seen: dict[str, Path] = {}
     for store in members:
         if store.id in seen:
@@ -110,17 +110,6 @@ def open_members(paths: Sequence[str | os.PathLike]) -> list[LogitStore]:
         raise EnsembleError("the members hold different views or data, so their logits do not line up: "
                             + "; ".join(differences))
     return members
-
-
-def _require_complete(store: LogitStore) -> None:
-    train, evals = store.done_mask()
-    if train.all() and evals.all():
-        return
-    missing = [f"eval chunk {c}" for c in np.flatnonzero(~evals)]
-    missing += [f"slot {s} chunk {c}" for s, c in zip(*np.nonzero(~train))]
-    shown = ", ".join(missing[:6]) + (f", ... ({len(missing)} in all)" if len(missing) > 6 else "")
-    raise EnsembleError(f"{store.path} is incomplete: write units {shown} are missing "
-                        "(finish its dump first: run the same `rld dump` again)")
 
 
 def _differences(first: LogitStore, other: LogitStore) -> list[str]:

@@ -331,10 +331,12 @@ class LogitStore:
     def require_complete(self) -> None:
         train, evals = self.done_mask()
         if not (train.all() and evals.all()):
-            missing = int((~train).sum() + (~evals).sum())
+            units = [str(Unit(-1, int(c))) for c in np.flatnonzero(~evals)]
+            units += [str(Unit(int(s), int(c))) for s, c in zip(*np.nonzero(~train))]
+            shown = ", ".join(units[:6]) + (", ..." if len(units) > 6 else "")
             raise StoreError(
-                f"{self.path} is incomplete: {missing} of {train.size + evals.size} write units missing "
-                "(run the same dump again to finish it)"
+                f"{self.path} is incomplete: {len(units)} of {train.size + evals.size} write units missing "
+                f"({shown}; run the same dump again to finish it)"
             )
 
     def mark_complete_if_done(self) -> bool:

@@ -238,7 +238,7 @@ def test_an_incomplete_member_is_refused_naming_its_missing_units(tmp_path):
     b = fake_store(tmp_path / "b.zarr", complete=False)
     result = cli("ensemble", str(a), str(b), "--store", str(tmp_path / "ens.zarr"))
     assert result.exit_code == 1
-    assert f"{b} is incomplete: write units slot 1 chunk 0, slot 1 chunk 1 are missing" in result.output
+    assert f"{b} is incomplete: 2 of 5 write units missing (slot 1 chunk 0, slot 1 chunk 1;" in result.output
     assert not (tmp_path / "ens.zarr").exists()
 
 
