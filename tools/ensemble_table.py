@@ -1,5 +1,6 @@
 """The ensemble table of docs/results.md: each teacher of config/fashion-mnist-ensemble.yaml and
-their ensemble, with its students' test top-1 and paired differences to CE and between RLD and DKD.
+their ensemble, with its students' test top-1 and paired differences to CE and between RLD and DKD,
+then the ensemble's students against each member's, paired by seed (does the ensemble's edge carry over?).
 
     python tools/ensemble_table.py cache/logits students/fashion-mnist-10k \
         --ce 0=90.20 --ce 1=90.53 --ce 2=90.43 \
@@ -63,6 +64,18 @@ def main() -> None:
               f"{cell(list(rld.values()))} | {cell([v - ce[s] for s, v in rld.items() if s in ce], True)} | "
               f"{cell(list(dkd.values()))} | {cell([v - ce[s] for s, v in dkd.items() if s in ce], True)} | "
               f"{cell([v - dkd[s] for s, v in rld.items() if s in dkd], True)} |")
+
+    ensemble = STORES[-1]
+    teacher_top1 = {store: json.loads((args.stores / f"{store}.json").read_text())["test_split"]["top1_pct"] for store in STORES}
+    print()
+    print("| ensemble's students − those of | teacher's gap (test) | RLD | DKD |")
+    print("|---|---|---|---|")
+    for store in STORES[:-1]:
+        paired = []
+        for loss in ("rld", "dkd"):
+            mine, theirs = top1.get((loss, ensemble), {}), top1.get((loss, store), {})
+            paired.append(cell([v - theirs[s] for s, v in mine.items() if s in theirs], True))
+        print(f"| {store} | {teacher_top1[ensemble] - teacher_top1[store]:+.2f} | {paired[0]} | {paired[1]} |")
 
 
 if __name__ == "__main__":
