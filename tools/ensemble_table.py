@@ -10,7 +10,7 @@ A teacher's numbers come from its store's manifest (cache/logits/STORE.json, `rl
 --json`): test top-1 and the share of cached views it gets wrong. Students are the workflow's
 folders resnet8x4-{rld,dkd}-from-STORE-sSEED, or, for the resnet20 store, resnet8x4-rld-sSEED
 and resnet8x4-dkd-sSEED; --ref LOSS:STORE:SEED=TOP1 gives a student that is not there
-(section 5's), --ce SEED=TOP1 the CE student of a seed.
+(section 2's), --ce SEED=TOP1 the CE student of a seed.
 """
 
 from __future__ import annotations
