@@ -34,6 +34,11 @@ def cell(values: list[float], signed: bool = False) -> str:
     return f"{mean:{sign}.2f}{spread} ({len(values)})"
 
 
+def paired(mine: dict[int, float], theirs: dict[int, float]) -> str:
+    """Mine minus theirs over the seeds both have."""
+    return cell([v - theirs[s] for s, v in mine.items() if s in theirs], signed=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stores", type=Path, help="the folder of the stores and their manifests")
@@ -54,29 +59,24 @@ def main() -> None:
         loss, store, seed = key.split(":")
         top1.setdefault((loss, store), {}).setdefault(int(seed), float(value))
 
+    manifests = {store: json.loads((args.stores / f"{store}.json").read_text()) for store in STORES}
     print("| teacher | test top-1 | wrong on cached views | RLD student | RLD − CE | DKD student | DKD − CE | RLD − DKD |")
     print("|---|---|---|---|---|---|---|---|")
-    for store in STORES:
-        manifest = json.loads((args.stores / f"{store}.json").read_text())
+    for store, manifest in manifests.items():
         rld, dkd = top1.get(("rld", store), {}), top1.get(("dkd", store), {})
         name = "ensemble of the three (mean of logits)" if "ensemble" in manifest else manifest["provenance"]["teacher"]["arch"]
         print(f"| {name} | {manifest['test_split']['top1_pct']:.2f} | {manifest['cached_views']['wrong_pct']:.2f}% | "
-              f"{cell(list(rld.values()))} | {cell([v - ce[s] for s, v in rld.items() if s in ce], True)} | "
-              f"{cell(list(dkd.values()))} | {cell([v - ce[s] for s, v in dkd.items() if s in ce], True)} | "
-              f"{cell([v - dkd[s] for s, v in rld.items() if s in dkd], True)} |")
+              f"{cell(list(rld.values()))} | {paired(rld, ce)} | {cell(list(dkd.values()))} | {paired(dkd, ce)} | "
+              f"{paired(rld, dkd)} |")
 
     ensemble = STORES[-1]
-    teacher_top1 = {store: json.loads((args.stores / f"{store}.json").read_text())["test_split"]["top1_pct"] for store in STORES}
+    teacher_top1 = {store: manifest["test_split"]["top1_pct"] for store, manifest in manifests.items()}
     print()
     print("| ensemble's students − those of | teacher's gap (test) | RLD | DKD |")
     print("|---|---|---|---|")
     for store in STORES[:-1]:
-        paired = []
-        for loss in ("rld", "dkd"):
-            mine, theirs = top1.get((loss, ensemble), {}), top1.get((loss, store), {})
-            paired.append(cell([v - theirs[s] for s, v in mine.items() if s in theirs], True))
-        print(f"| {store} | {teacher_top1[ensemble] - teacher_top1[store]:+.2f} | {paired[0]} | {paired[1]} |")
-
+        rld, dkd = (paired(top1.get((loss, ensemble), {}), top1.get((loss, store), {})) for loss in ("rld", "dkd"))
+        print(f"| {store} | {teacher_top1[ensemble] - teacher_top1[store]:+.2f} | {rld} | {dkd} |")
 
 if __name__ == "__main__":
     main()
