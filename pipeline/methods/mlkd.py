@@ -74,7 +74,8 @@ METHOD = Method(
     compute=compute,
     per_sample=False,
     official_logit_stand=official_logit_stand,
-    notes=("Official quirks, kept: each term is scaled by its mask's true share (about one half) instead of "
+    notes=("No warm-up, as official: the 15 terms act at full weight from the first step. "
+           "Official quirks, kept: each term is scaled by its mask's true share (about one half) instead of "
            "selecting samples; only the instance terms are standardised with `logit_stand`; the masks come from "
            "the raw teacher softmax at T 1. This is MLKD without its strong-augmentation views (MLKD.py); the "
            "official ImageNet MLKD runs are that augmented variant (ce_weight 0.5, kd_weight 0.5, T 1)."),
