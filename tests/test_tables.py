@@ -1,4 +1,4 @@
-"""The tools that write docs/results.md's tables from students' summaries and store manifests:
+"""The tools that write docs/results.md's tables and figure from students' summaries and store manifests:
 a wrong pairing or a wrong validation pick would put wrong numbers in the results."""
 
 from __future__ import annotations
@@ -74,3 +74,15 @@ def test_baselines_table_marks_the_validation_pick_at_seed_0(tmp_path):
     assert rows[("rc weight 0.1", "")][6:8] == ["+1.00", "+0.00"]
     picked = rows[("rc weight 1", "val")]
     assert picked[3:8] == ["0, 1", "84.50 ± 6.36", "90.35 ± 0.21", "+0.15 ± 0.49", "-0.85 ± 0.49"]
+
+
+def test_rank_corr_figure_lists_students_below_its_floor(tmp_path):
+    students = tmp_path / "students"
+    _student(students, "resnet8x4-kd-8k-s0", 85.0)
+    _student(students, "resnet8x4-mlkd-8k-kd_weight0.9-s0", 11.0)  # 79 points below CE: a stalled run
+    _student(students, "resnet8x4-mlkd-kd_weight0.9-s0", 85.0)  # the demo teacher's: 5 below, plotted
+    figure = tmp_path / "figure.png"
+
+    lines = _run("tools/rank_corr_figure.py", str(students), str(figure), "--ce", "0=90.0", "--floor", "-10")
+    assert lines == ["below the chart, weaker teacher (resnet20-8k): MLKD 0.9 s0: -79.00, rank corr 0.950"]
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,9 @@ its seed, against its rank correlation with the teacher over the non-target clas
 
 Students are the workflow's folders named ARCH-LOSS[-8k][-OPTIONVALUE]-sSEED (the grid names
 of config/fashion-mnist-baselines.yaml); `-8k` marks the weaker teacher's. The CE student of
-a seed is read from its folder, or given with --ce SEED=TOP1 where it is not there.
+a seed is read from its folder, or given with --ce SEED=TOP1 where it is not there. Students
+more than --floor points below CE (runs that stalled) would squash the others into a corner:
+they are listed in their panel with their values instead of plotted.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("students", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--ce", action="append", default=[], metavar="SEED=TOP1")
+    parser.add_argument("--floor", type=float, default=-10.0, help="points below CE under which a student is listed, not plotted")
     args = parser.parse_args()
     finals = {}
     for folder in sorted(args.students.iterdir()):
@@ -42,14 +45,22 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, (weak, title) in zip(axes, PANELS):
+        off_chart = []
         for match, final in finals.values():
             loss, seed = match[1], int(match[5])
             if loss == "ce" or bool(match[2]) != weak or seed not in ce:
                 continue
             x, y = final["teacher_rank_corr"], final["top1"] - ce[seed]
+            label = f"{LABELS[loss]}{' ' + match[4] if match[3] else ''} s{seed}"
+            if y < args.floor:
+                off_chart.append(f"{label}: {y:+.2f}, rank corr {x:.3f}")
+                print(f"below the chart, {title}: {off_chart[-1]}")
+                continue
             ax.scatter(x, y, color=f"C{list(LABELS).index(loss)}")
-            ax.annotate(f"{LABELS[loss]}{' ' + match[4] if match[3] else ''} s{seed}", (x, y), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if off_chart:
+            ax.text(0.3, 0.45, "below the chart:\n" + "\n".join(sorted(off_chart)), transform=ax.transAxes,
+                    fontsize=7, va="center")
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rank correlation with the teacher over non-target classes")
