@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("students", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--ce", action="append", default=[], metavar="SEED=TOP1")
-    parser.add_argument("--floor", type=float, default=-10.0, help="points below CE under which a student is listed, not plotted")
+    parser.add_argument("--floor", type=float, default=-10.0,
+                        help="points below CE under which a student is listed, not plotted")
     args = parser.parse_args()
     finals = {}
     for folder in sorted(args.students.iterdir()):
