@@ -15,12 +15,11 @@ value has: the best validation top-1 (ties: the first in the grid's order).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from rank_corr_figure import LABELS, NAME
+from rank_corr_figure import LABELS, read_students
 
 TEACHERS = ((True, "From resnet20-8k"), (False, "From resnet20, the demo's"))
 
@@ -48,11 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows: dict[tuple, dict[int, dict]] = defaultdict(dict)  # (weak, loss, option, value) -> seed -> final
-    for folder in sorted(args.students.iterdir()):
-        match = NAME.match(folder.name)
-        if match and (folder / "summary.json").exists():
-            key = (bool(match[2]), match[1], match[3] or "", match[4] or "")
-            rows[key][int(match[5])] = json.loads((folder / "summary.json").read_text())["final"]
+    for match, final in read_students(args.students).values():
+        rows[(bool(match[2]), match[1], match[3] or "", match[4] or "")][int(match[5])] = final
     ce = {s: f["top1"] for (_, loss, *_), seeds in rows.items() if loss == "ce" for s, f in seeds.items()} | parse(args.ce)
     rld = {weak: {s: f["top1"] for (w, loss, *_), seeds in rows.items() if loss == "rld" and w == weak
                   for s, f in seeds.items()} for weak in (True, False)}

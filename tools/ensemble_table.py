@@ -78,5 +78,6 @@ def main() -> None:
         rld, dkd = (paired(top1.get((loss, ensemble), {}), top1.get((loss, store), {})) for loss in ("rld", "dkd"))
         print(f"| {store} | {teacher_top1[ensemble] - teacher_top1[store]:+.2f} | {rld} | {dkd} |")
 
+
 if __name__ == "__main__":
     main()

@@ -28,6 +28,16 @@ LABELS = {"kd": "KD", "dkd": "DKD", "rld": "RLD", "mg": "RLD M_g", "la": "LA", "
 PANELS = ((True, "weaker teacher (resnet20-8k)"), (False, "demo's teacher (resnet20)"))
 
 
+def read_students(folder: Path) -> dict[str, tuple[re.Match, dict]]:
+    """The finished students of a folder, by name: the match of NAME and the summary's final metrics."""
+    finals = {}
+    for student in sorted(folder.iterdir()):
+        match = NAME.match(student.name)
+        if match and (student / "summary.json").exists():
+            finals[student.name] = (match, json.loads((student / "summary.json").read_text())["final"])
+    return finals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("students", type=Path)
@@ -36,11 +46,7 @@ def main() -> None:
     parser.add_argument("--floor", type=float, default=-10.0,
                         help="points below CE under which a student is listed, not plotted")
     args = parser.parse_args()
-    finals = {}
-    for folder in sorted(args.students.iterdir()):
-        match = NAME.match(folder.name)
-        if match and (folder / "summary.json").exists():
-            finals[folder.name] = (match, json.loads((folder / "summary.json").read_text())["final"])
+    finals = read_students(args.students)
     ce = {int(m[5]): f["top1"] for m, f in finals.values() if m[1] == "ce"}
     ce.update({int(k): float(v) for k, v in (item.split("=") for item in args.ce)})
 
